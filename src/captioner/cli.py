@@ -1,0 +1,157 @@
+"""`python -m captioner caption|train|evaluate ...`: a thin shell over the library."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .errors import CaptionError
+from .images import IMAGE_SUFFIXES
+from .settings import BOUNDS, DEFAULT_SETTINGS, STRATEGIES, CaptionSettings
+
+FILE_BATCH = 8  # images decoded and captioned together; also the progress bar's step
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per CaptionSettings field, named after it (--num-beams, --max-length, ...)."""
+    group = parser.add_argument_group("generation settings (defaults: the model card's call)")
+    group.add_argument("--strategy", choices=STRATEGIES, default=DEFAULT_SETTINGS.strategy)
+    for name, kind in [
+        ("max_length", int), ("num_beams", int), ("temperature", float), ("top_k", int),
+        ("top_p", float), ("repetition_penalty", float), ("no_repeat_ngram_size", int),
+        ("num_captions", int), ("seed", int),
+    ]:
+        low, high = BOUNDS[name]
+        group.add_argument(
+            "--" + name.replace("_", "-"), type=kind, default=getattr(DEFAULT_SETTINGS, name),
+            help=f"{low:g}..{high:g} (default {getattr(DEFAULT_SETTINGS, name)})",
+        )
+
+
+def settings_from_arguments(args: argparse.Namespace) -> CaptionSettings:
+    return CaptionSettings(
+        strategy=args.strategy, max_length=args.max_length, num_beams=args.num_beams,
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size,
+        num_captions=args.num_captions, seed=args.seed,
+    )
+
+
+def find_images(paths: Sequence[str]) -> list[Path]:
+    """Files as given; folders searched recursively for image suffixes, in sorted order."""
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+        else:
+            found.append(path)
+    return found
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m captioner", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    caption = commands.add_parser("caption", help="caption images or folders of images")
+    caption.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
+    caption.add_argument("--model", help="Hub id or local checkpoint directory (default: $CAPTIONER_MODEL, then the model card's)")
+    caption.add_argument("--json", action="store_true", help="print JSON lines")
+    caption.add_argument("--output", type=Path, help="also write results to a .csv or .jsonl file")
+    caption.add_argument("--batch-size", type=int, default=FILE_BATCH)
+    caption.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    add_settings_arguments(caption)
+    caption.set_defaults(handler=run_caption)
+    return parser
+
+
+def run_caption(args: argparse.Namespace) -> int:
+    from .inference import Captioner
+
+    settings = settings_from_arguments(args)
+    if args.output and args.output.suffix.lower() not in (".csv", ".jsonl"):
+        raise CaptionError(f"--output must end in .csv or .jsonl; got {args.output.name}")
+    paths = find_images(args.paths)
+    if not paths:
+        raise CaptionError("no images found in the given paths")
+    captioner = Captioner.from_pretrained(args.model, dtype=args.dtype)
+    rows = list(caption_files(captioner, paths, settings, args.batch_size, progress=len(paths) > 1))
+    for row in rows:
+        print(format_row(row, as_json=args.json))
+    if args.output:
+        write_rows(rows, args.output)
+    return 1 if any("error" in row for row in rows) else 0
+
+
+def caption_files(captioner, paths: list[Path], settings: CaptionSettings, batch_size: int, progress: bool):
+    """Yield one result row per path, in order; a bad file gets an "error" and the rest go on."""
+    from tqdm import tqdm
+
+    from .images import load_image
+
+    bar = tqdm(total=len(paths), unit="image", disable=not progress, file=sys.stderr)
+    for start in range(0, len(paths), batch_size):
+        chunk = paths[start : start + batch_size]
+        decoded, rows = [], []
+        for path in chunk:
+            try:
+                decoded.append(load_image(path, captioner.image_limits))
+                rows.append({"path": str(path)})
+            except CaptionError as error:
+                rows.append({"path": str(path), "error": str(error)})
+        good = [row for row in rows if "error" not in row]
+        for row, captions in zip(good, captioner.caption(decoded, settings) if decoded else []):
+            if settings.num_captions == 1:
+                row["caption"] = captions[0].text
+            else:
+                row["captions"] = [c.text for c in captions]
+                row["scores"] = [round(c.score, 4) for c in captions]
+        bar.update(len(chunk))
+        yield from rows
+    bar.close()
+
+
+def format_row(row: dict, as_json: bool) -> str:
+    if as_json:
+        return json.dumps(row, ensure_ascii=False)
+    if "error" in row:
+        return f"{row['path']}\tERROR: {row['error']}"
+    text = row["caption"] if "caption" in row else " | ".join(row["captions"])
+    return f"{row['path']}\t{text}"
+
+
+def write_rows(rows: list[dict], output: Path) -> None:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if output.suffix.lower() == ".jsonl":
+        output.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        return
+    with output.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "caption", "error"])
+        for row in rows:
+            text = row.get("caption") or " | ".join(row.get("captions", []))
+            writer.writerow([row["path"], text, row.get("error", "")])
+
+
+def quiet_libraries() -> None:
+    """Hub retry chatter and weight-loading bars would bury the one line that matters."""
+    import huggingface_hub.utils as hub_utils
+    import transformers
+
+    hub_utils.logging.set_verbosity_error()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    quiet_libraries()
+    try:
+        return args.handler(args)
+    except CaptionError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2

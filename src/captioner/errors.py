@@ -1,0 +1,27 @@
+"""Errors whose messages are written for the person who sent the request.
+
+The UI turns a CaptionError into gr.Error and the CLI into one line on stderr; anything else is
+a bug and stays loud.
+"""
+
+from __future__ import annotations
+
+
+class CaptionError(Exception):
+    """Base class: the message is safe and useful to show to a user as written."""
+
+
+class InvalidImage(CaptionError):
+    """The input is not an image we can caption (empty, corrupt, unsupported, too large...)."""
+
+
+class InvalidSettings(CaptionError, ValueError):
+    """A generation setting is out of range or of the wrong type; the message names it."""
+
+
+class ModelLoadError(CaptionError):
+    """The model could not be loaded; the message says what to do about it."""
+
+
+class RequestTooLarge(CaptionError):
+    """A request asks for more work than the configured limits allow."""

@@ -1,0 +1,252 @@
+"""The Captioner: one model, loaded once, serving batched requests from any front door.
+
+This is the only module that calls `model.generate`. The UI, the API, the CLI, evaluation and
+the benchmark all go through `Captioner.caption`.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from PIL import Image
+
+from .errors import ModelLoadError, RequestTooLarge
+from .images import DEFAULT_LIMITS, ImageInput, ImageLimits, load_image
+from .settings import DEFAULT_SETTINGS, CaptionSettings
+
+DEFAULT_MODEL = "nlpconnect/vit-gpt2-image-captioning"
+MODEL_ENV_VAR = "CAPTIONER_MODEL"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Caption:
+    text: str
+    score: float | None = None  # mean log-probability per token; set when several are asked for
+
+
+class Captioner:
+    """A loaded captioning model.
+
+    >>> captioner = Captioner.from_pretrained("path/to/checkpoint")  # doctest: +SKIP
+    >>> captioner.caption(["photo.jpg"])[0][0].text  # doctest: +SKIP
+    'a dog running on the beach'
+    """
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        image_processor,
+        *,
+        source: str = "",
+        max_batch_size: int = 16,
+        image_limits: ImageLimits = DEFAULT_LIMITS,
+        max_images_per_call: int = 256,
+    ) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.source = source
+        self.max_batch_size = max_batch_size
+        self.image_limits = image_limits
+        self.max_images_per_call = max_images_per_call
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+        # GPT-2 has no pad token; padding finished beams with EOS is what the model card does.
+        generation_config = self.model.generation_config
+        if generation_config.pad_token_id is None:
+            generation_config.pad_token_id = generation_config.eos_token_id or tokenizer.eos_token_id
+        # generate() mutates shared state and the fast tokenizer is not re-entrant:
+        # one request at a time on the model; throughput comes from batching.
+        self._lock = threading.Lock()
+        self.generate_batch_sizes: collections.Counter[int] = collections.Counter()
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        source: str | os.PathLike | None = None,
+        *,
+        revision: str | None = None,
+        device: str | None = None,
+        dtype: str = "float32",
+        **options,
+    ) -> Captioner:
+        """Load model, tokenizer and image processor from a Hub id or a local directory.
+
+        `source` defaults to $CAPTIONER_MODEL, then to the model card's checkpoint.
+        """
+        source = str(source or os.environ.get(MODEL_ENV_VAR) or DEFAULT_MODEL)
+        if dtype not in DTYPES:
+            raise ModelLoadError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
+        _check_source(source)
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        from transformers import (
+            AutoConfig,
+            AutoImageProcessor,
+            AutoTokenizer,
+            VisionEncoderDecoderModel,
+        )
+
+        try:
+            config = AutoConfig.from_pretrained(source, revision=revision)
+            if config.model_type != "vision-encoder-decoder":
+                raise ModelLoadError(
+                    f"'{source}' is a {config.model_type!r} model, not a vision-encoder-decoder "
+                    f"captioning checkpoint. Set {MODEL_ENV_VAR} or --model to one."
+                )
+            model = VisionEncoderDecoderModel.from_pretrained(
+                source, revision=revision, dtype=DTYPES[dtype]
+            )
+            tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
+            # The PIL backend: torchvision is large and PyPI's build does not pair with ours.
+            image_processor = AutoImageProcessor.from_pretrained(
+                source, revision=revision, backend="pil"
+            )
+        except (OSError, ValueError, KeyError) as error:
+            raise ModelLoadError(_load_failure_message(source, error)) from error
+        return cls(model.to(device), tokenizer, image_processor, source=source, **options)
+
+    def caption(
+        self,
+        images: Sequence[ImageInput],
+        settings: CaptionSettings | Sequence[CaptionSettings] = DEFAULT_SETTINGS,
+    ) -> list[list[Caption]]:
+        """Caption each image; returns, per image and in order, `num_captions` captions, best first.
+
+        `settings` is one CaptionSettings for all images or one per image. Images that share
+        settings go through `generate` together, in batches of at most `max_batch_size`.
+        """
+        if isinstance(settings, CaptionSettings):
+            per_image = [settings] * len(images)
+        else:
+            per_image = list(settings)
+            if len(per_image) != len(images):
+                raise ValueError(f"{len(images)} images but {len(per_image)} settings")
+        if len(images) > self.max_images_per_call:
+            raise RequestTooLarge(
+                f"{len(images)} images in one call; the limit is {self.max_images_per_call}"
+            )
+        decoded = [self._as_rgb(image) for image in images]
+        results: list[list[Caption] | None] = [None] * len(images)
+        for group_settings, indices in _group_by_settings(per_image).items():
+            for chunk in _chunks(indices, self._chunk_size(group_settings)):
+                captions = self._caption_batch([decoded[i] for i in chunk], group_settings)
+                for index, image_captions in zip(chunk, captions):
+                    results[index] = image_captions
+        return results  # type: ignore[return-value]
+
+    def _as_rgb(self, image: ImageInput) -> Image.Image:
+        if isinstance(image, Image.Image) and image.mode == "RGB":
+            return image
+        return load_image(image, self.image_limits)
+
+    def _chunk_size(self, settings: CaptionSettings) -> int:
+        # A seeded sample must not depend on its batch-mates: run it alone.
+        if settings.strategy == "sample" and settings.seed is not None:
+            return 1
+        return self.max_batch_size
+
+    def _caption_batch(self, images: list[Image.Image], settings: CaptionSettings) -> list[list[Caption]]:
+        with self._lock, torch.inference_mode():
+            pixel_values = self.image_processor(images=images, return_tensors="pt").pixel_values
+            pixel_values = pixel_values.to(self.device, self.dtype)
+            want_scores = settings.num_captions > 1
+            with _seeded(settings.seed if settings.strategy == "sample" else None):
+                output = self.model.generate(
+                    pixel_values,
+                    **settings.generate_kwargs(),
+                    return_dict_in_generate=True,
+                    output_scores=want_scores,
+                )
+            self.generate_batch_sizes[len(images)] += 1
+            texts = [t.strip() for t in self.tokenizer.batch_decode(output.sequences, skip_special_tokens=True)]
+            scores = self._sequence_scores(output, settings) if want_scores else [None] * len(texts)
+        n = settings.num_captions
+        per_image = [
+            [Caption(texts[i * n + j], scores[i * n + j]) for j in range(n)] for i in range(len(images))
+        ]
+        if want_scores:
+            for captions in per_image:
+                captions.sort(key=lambda c: c.score, reverse=True)
+        return per_image
+
+    def _sequence_scores(self, output, settings: CaptionSettings) -> list[float]:
+        if settings.strategy == "beam":
+            return [float(s) for s in output.sequences_scores]
+        token_scores = self.model.compute_transition_scores(
+            output.sequences, output.scores, normalize_logits=True
+        )
+        generated = output.sequences[:, 1:]
+        # Tokens after the first EOS are padding: leave them out of the mean.
+        eos = self.model.generation_config.eos_token_id
+        eos = eos[0] if isinstance(eos, list) else eos
+        is_eos = generated == eos
+        after_eos = (is_eos.cumsum(dim=1) - is_eos.int()) > 0
+        valid = (~after_eos) & torch.isfinite(token_scores)
+        totals = torch.where(valid, token_scores, torch.zeros_like(token_scores)).sum(dim=1)
+        return (totals / valid.sum(dim=1).clamp(min=1)).tolist()
+
+
+class _seeded:
+    """Seed torch's RNG for one call without disturbing anyone else's randomness."""
+
+    def __init__(self, seed: int | None) -> None:
+        self.seed = seed
+        self._fork = None
+
+    def __enter__(self) -> None:
+        if self.seed is not None:
+            self._fork = torch.random.fork_rng(devices=[])
+            self._fork.__enter__()
+            torch.manual_seed(self.seed)
+
+    def __exit__(self, *exc) -> None:
+        if self._fork is not None:
+            self._fork.__exit__(*exc)
+
+
+def _group_by_settings(per_image: Sequence[CaptionSettings]) -> dict[CaptionSettings, list[int]]:
+    groups: dict[CaptionSettings, list[int]] = {}
+    for index, settings in enumerate(per_image):
+        groups.setdefault(settings, []).append(index)
+    return groups
+
+
+def _chunks(items: list[int], size: int) -> list[list[int]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _check_source(source: str) -> None:
+    path = Path(source).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelLoadError(f"'{source}' is a file; --model / {MODEL_ENV_VAR} takes a checkpoint directory or a Hub id")
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(
+                f"'{source}' is not a saved captioning checkpoint (it has no config.json). "
+                f"Point --model / {MODEL_ENV_VAR} at a directory written by save_pretrained."
+            )
+    elif not _HUB_ID.match(source):
+        raise ModelLoadError(
+            f"model directory '{source}' does not exist. Point --model / {MODEL_ENV_VAR} at a "
+            "checkpoint directory or a Hub id."
+        )
+
+
+def _load_failure_message(source: str, error: Exception) -> str:
+    if Path(source).expanduser().is_dir():
+        return f"could not load the checkpoint in '{source}': {error}"
+    return (
+        f"could not load model '{source}' from the Hugging Face Hub (no network, or not cached). "
+        f"Download it once where there is a network, or copy a saved checkpoint here, and set "
+        f"{MODEL_ENV_VAR} (or --model) to its local directory."
+    )

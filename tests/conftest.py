@@ -1,0 +1,49 @@
+"""Shared fixtures: a tiny seeded ViT-GPT2 checkpoint, built and saved here, loaded by the real loader."""
+
+import os
+
+# huggingface_hub reads this at import time: no test may reach for the network.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from captioner import Captioner
+from captioner.checkpoints import save_random_checkpoint
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    return save_random_checkpoint(tmp_path_factory.mktemp("tiny-vit-gpt2"), "tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def captioner(tiny_checkpoint):
+    return Captioner.from_pretrained(tiny_checkpoint)
+
+
+def photo(seed: int, size=(64, 48), mode="RGB") -> Image.Image:
+    """A seeded noisy gradient: different seeds give different captions from the tiny model."""
+    rng = np.random.default_rng(seed)
+    width, height = size
+    base = rng.integers(0, 256, size=3)
+    y, x = np.mgrid[0:height, 0:width]
+    pixels = (base + 200 * np.stack([x / width, y / height, (x + y) / (width + height)], -1)) % 256
+    pixels = pixels + rng.normal(0, 25, size=pixels.shape)
+    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+    return image if mode == "RGB" else image.convert(mode)
+
+
+def encode(image: Image.Image, fmt: str = "PNG", **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def photos():
+    return [photo(seed) for seed in range(6)]
