@@ -18,6 +18,10 @@ class InvalidImage(CaptionError):
 class InvalidSettings(CaptionError, ValueError):
     """A generation setting is out of range or of the wrong type; the message names it."""
 
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
 
 class ModelLoadError(CaptionError):
     """The model could not be loaded; the message says what to do about it."""

@@ -59,7 +59,7 @@ class CaptionSettings:
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise InvalidSettings(
-                f"strategy must be one of {', '.join(STRATEGIES)}; got {self.strategy!r}"
+                f"strategy must be one of {', '.join(STRATEGIES)}; got {self.strategy!r}", "strategy"
             )
         for name in INT_FIELDS | FLOAT_FIELDS:
             value = getattr(self, name)
@@ -69,12 +69,14 @@ class CaptionSettings:
         if self.strategy == "beam" and self.num_captions > self.num_beams:
             raise InvalidSettings(
                 f"num_captions ({self.num_captions}) cannot exceed num_beams ({self.num_beams}) "
-                "with beam search"
+                "with beam search",
+                "num_captions",
             )
         if self.strategy == "greedy" and self.num_captions != 1:
             raise InvalidSettings(
                 "greedy decoding gives exactly one caption; use beam search or sampling "
-                f"for num_captions={self.num_captions}"
+                f"for num_captions={self.num_captions}",
+                "num_captions",
             )
 
     @classmethod
@@ -85,7 +87,7 @@ class CaptionSettings:
         """
         unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
-            raise InvalidSettings(f"unknown setting(s): {', '.join(sorted(unknown))}")
+            raise InvalidSettings(f"unknown setting(s): {', '.join(sorted(unknown))}", sorted(unknown)[0])
         changes: dict[str, Any] = {}
         for name, value in values.items():
             if name in INT_FIELDS and isinstance(value, float) and math.isfinite(value) and value.is_integer():
@@ -132,11 +134,11 @@ def _check_number(name: str, value: Any, *, integer: bool) -> None:
     allowed = f"{kind} from {_fmt(low)} to {_fmt(high)}"
     # bool is an int subclass; True is never a sensible beam count.
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidSettings(f"{name} must be {allowed}; got {value!r}")
+        raise InvalidSettings(f"{name} must be {allowed}; got {value!r}", name)
     if integer and not isinstance(value, int):
-        raise InvalidSettings(f"{name} must be {allowed}; got {value!r}")
+        raise InvalidSettings(f"{name} must be {allowed}; got {value!r}", name)
     if not math.isfinite(value) or not low <= value <= high:
-        raise InvalidSettings(f"{name} must be {allowed}; got {value!r}")
+        raise InvalidSettings(f"{name} must be {allowed}; got {value!r}", name)
 
 
 def _fmt(bound: float) -> str:

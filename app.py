@@ -1,0 +1,82 @@
+"""Composition root: read the configuration, load the Captioner once, build the demo, launch.
+
+Spaces runs `python app.py` from the repository root and imports `demo` from here; importing this
+module loads the model but never starts a server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+# Spaces does not install the project: make src/ importable from a plain checkout.
+sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
+
+from captioner import Captioner, CaptionError  # noqa: E402
+from captioner.ui import AppLimits, build_demo  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Image captioning demo")
+    parser.add_argument("--model", default=os.environ.get("CAPTIONER_MODEL"),
+                        help="Hub id or local checkpoint directory (default: $CAPTIONER_MODEL, then the model card's)")
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    parser.add_argument("--share", action="store_true", help="ask Gradio for a temporary public link")
+    parser.add_argument("--dtype", default=os.environ.get("CAPTIONER_DTYPE", "float32"),
+                        choices=["float32", "bfloat16", "float16"], help="bfloat16: opt-in fast mode")
+    parser.add_argument("--max-batch-size", type=int, default=int(os.environ.get("CAPTIONER_MAX_BATCH_SIZE", AppLimits.max_batch_size)))
+    parser.add_argument("--queue-size", type=int, default=int(os.environ.get("CAPTIONER_QUEUE_SIZE", AppLimits.queue_size)))
+    parser.add_argument("--max-images", type=int, default=int(os.environ.get("CAPTIONER_MAX_IMAGES", AppLimits.max_images_per_request)))
+    parser.add_argument("--max-file-mb", type=int, default=int(os.environ.get("CAPTIONER_MAX_FILE_MB", AppLimits.max_file_mb)))
+    return parser.parse_args(argv)
+
+
+def create_demo(args: argparse.Namespace):
+    captioner = Captioner.from_pretrained(args.model, dtype=args.dtype, max_batch_size=args.max_batch_size)
+    limits = AppLimits(
+        max_batch_size=args.max_batch_size, queue_size=args.queue_size,
+        max_images_per_request=args.max_images, max_file_mb=args.max_file_mb,
+    )
+    return build_demo(captioner, limits), limits
+
+
+def launch(demo, limits: AppLimits, args: argparse.Namespace) -> None:
+    options = dict(
+        server_name=args.host, server_port=args.port, max_file_size=f"{limits.max_file_mb}mb",
+        show_error=False,  # visitors see our messages (gr.Error), never internal exception text
+        footer_links=["api", "gradio"],
+    )
+    if args.share:
+        try:
+            demo.launch(share=True, prevent_thread_lock=True, **options)
+        except Exception as error:  # noqa: BLE001 - any failure to tunnel must not stop local serving
+            print(f"Could not create a share link ({error}); serving locally only.", file=sys.stderr)
+            demo.launch(share=False, prevent_thread_lock=True, **options)
+        if not getattr(demo, "share_url", None):
+            print(f"No share link (no internet?); serving locally at {demo.local_url}", file=sys.stderr)
+        demo.block_thread()
+    else:
+        demo.launch(**options)
+
+
+def _load_for_spaces():
+    """Spaces imports `demo` from this module; a failed model load must say what to do."""
+    try:
+        return create_demo(parse_args([]))[0]
+    except CaptionError as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+if __name__ == "__main__":
+    arguments = parse_args()
+    try:
+        demo, app_limits = create_demo(arguments)
+    except CaptionError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    launch(demo, app_limits, arguments)
+else:
+    demo = _load_for_spaces()

@@ -1,0 +1,366 @@
+"""The Gradio app: a thin layer that turns widgets into CaptionSettings and errors into gr.Error.
+
+`build_demo(captioner)` is the only entry point; app.py, notebooks and tests call it with the
+Captioner they loaded. Every model call goes through one queue (concurrency id "model", one at a
+time) so the UI, the API and the examples share the model and its batches.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import csv
+import dataclasses
+import json
+import tempfile
+import threading
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import gradio as gr
+
+from .errors import CaptionError, RequestTooLarge
+from .images import IMAGE_SUFFIXES, load_image
+from .inference import Caption, Captioner
+from .settings import BOUNDS, DEFAULT_SETTINGS, STRATEGIES, CaptionSettings
+
+EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples"
+SETTING_NAMES = (
+    "strategy", "max_length", "num_beams", "temperature", "top_k", "top_p",
+    "repetition_penalty", "no_repeat_ngram_size", "num_captions", "seed",
+)
+STRATEGY_LABELS = {"Beam search": "beam", "Greedy": "greedy", "Sampling": "sample"}
+MODEL_NOTE = """\
+**About the model.** [`nlpconnect/vit-gpt2-image-captioning`](https://huggingface.co/nlpconnect/vit-gpt2-image-captioning)
+(2021) pairs a ViT image encoder with a GPT-2 decoder and was trained on COCO 2017 captions. It
+describes everyday scenes in one short sentence; it often repeats words, guesses when unsure, knows
+nothing after 2017, and carries COCO's biases (for example in how it names people's gender and
+activities). Treat its captions as drafts, especially as alt text.
+"""
+
+
+@dataclass(frozen=True)
+class AppLimits:
+    """Everything a single visitor can ask of the server; all configurable from app.py."""
+
+    max_batch_size: int = 8  # images per generate() call from the queue
+    queue_size: int = 64  # waiting requests; beyond this a request is answered "busy" at once
+    max_images_per_request: int = 32  # the many-images tab
+    max_file_mb: int = 20  # uploads, and data: URLs sent through the API
+    decode_workers: int = 2  # images decoded at once while validating (memory bound)
+
+from gradio.events import Dependency
+
+class CaptionImage(gr.Image):
+    """gr.Image that hands the handler the uploaded file untouched.
+
+    Stock gr.Image opens every upload with PIL before our code runs (and decodes data: URLs with
+    no size limit), so a hostile file fails there with an unhelpful message. Here decoding is left
+    to `load_image`, which knows the limits; remote URLs are refused rather than fetched.
+    """
+
+    is_template = True  # render with the stock Image frontend
+    max_data_url_bytes = 20 * 1024 * 1024
+
+    def preprocess(self, payload):
+        if payload is None:
+            return None
+        if payload.url and payload.url.startswith("data:"):
+            return _save_data_url(payload.url, self.max_data_url_bytes, self.GRADIO_CACHE)
+        return payload.path
+
+    async def async_move_resource_to_block_cache(self, url_or_file_path):
+        if isinstance(url_or_file_path, str) and url_or_file_path.startswith(("http://", "https://")):
+            raise gr.Error("Image URLs are not fetched by this app: upload the image file instead.")
+        return await super().async_move_resource_to_block_cache(url_or_file_path)
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+
+def _save_data_url(url: str, max_bytes: int, cache_dir: str) -> str:
+    header, _, encoded = url.partition(",")
+    if ";base64" not in header:
+        raise gr.Error("A data: URL image must be base64-encoded.")
+    if len(encoded) > max_bytes * 4 // 3 + 4:
+        raise gr.Error(f"The image is larger than the {max_bytes // (1024 * 1024)} MB limit.")
+    try:
+        data = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise gr.Error("The data: URL is not valid base64.") from None
+    directory = Path(cache_dir) / "data-urls"
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{uuid.uuid4().hex}.bin"
+    path.write_bytes(data)
+    return str(path)
+
+
+def settings_from_widgets(*values: Any) -> CaptionSettings:
+    """Widget values (in SETTING_NAMES order) -> CaptionSettings; sliders send floats."""
+    mapping = dict(zip(SETTING_NAMES, values))
+    mapping["strategy"] = STRATEGY_LABELS.get(mapping["strategy"], mapping["strategy"])
+    return CaptionSettings.from_values(mapping)
+
+
+def format_captions(captions: Sequence[Caption]) -> str:
+    if len(captions) == 1:
+        return captions[0].text
+    return "\n".join(f"{i}. {c.text}   (score {c.score:.2f})" for i, c in enumerate(captions, 1))
+
+
+class CaptionService:
+    """The handlers behind the page and the API, holding the one Captioner."""
+
+    def __init__(self, captioner: Captioner, limits: AppLimits) -> None:
+        self.captioner = captioner
+        self.limits = limits
+        self.image_limits = dataclasses.replace(
+            captioner.image_limits, max_file_bytes=limits.max_file_mb * 1024 * 1024
+        )
+        self._decode_slots = threading.BoundedSemaphore(limits.decode_workers)
+        self.batch_sizes: list[int] = []  # the batches the queue formed, for tests and the bench
+
+    def validate(self, images: list[str | None], *settings_lists: list[Any]):
+        """Runs per request before it joins the queue: a bad request never reaches a batch."""
+        try:
+            self._check_request(images[0], [values[0] for values in settings_lists])
+        except CaptionError as error:
+            raise gr.Error(str(error), print_exception=False) from None
+        return None
+
+    def _check_request(self, image: str | None, setting_values: list[Any]) -> None:
+        settings_from_widgets(*setting_values)
+        if image is None:
+            raise CaptionError("Add a photo first: upload one, paste it, or use the webcam.")
+        with self._decode_slots:
+            load_image(image, self.image_limits)
+
+    def caption_batch(self, images: list[str | None], *settings_lists: list[Any]) -> list[list[str]]:
+        """The queue's batched handler: one list per input, one list of captions out."""
+        self.batch_sizes.append(len(images))
+        try:
+            settings = [settings_from_widgets(*values) for values in zip(*settings_lists)]
+            decoded = [self._decode(image) for image in images]
+            results = self.captioner.caption(decoded, settings)
+        except CaptionError as error:
+            raise gr.Error(str(error), print_exception=False) from None
+        return [[format_captions(captions) for captions in results]]
+
+    def _decode(self, image: str | None):
+        if image is None:
+            raise CaptionError("Add a photo first: upload one, paste it, or use the webcam.")
+        with self._decode_slots:
+            return load_image(image, self.image_limits)
+
+    def caption_many(self, files: list[str] | None, *setting_values: Any):
+        """The many-images tab: a table of file name + caption, and CSV / JSONL downloads."""
+        try:
+            settings = settings_from_widgets(*setting_values)
+            if not files:
+                raise CaptionError("Add some images first.")
+            if len(files) > self.limits.max_images_per_request:
+                raise RequestTooLarge(
+                    f"{len(files)} images at once; the limit is {self.limits.max_images_per_request}."
+                )
+        except CaptionError as error:
+            raise gr.Error(str(error), print_exception=False) from None
+        rows: list[dict[str, str]] = []
+        good: list[tuple[int, Any]] = []
+        for path in files:
+            name = Path(path).name
+            try:
+                good.append((len(rows), self._decode(path)))
+                rows.append({"file": name, "caption": ""})
+            except CaptionError as error:
+                rows.append({"file": name, "caption": "", "error": str(error)})
+        if good:
+            results = self.captioner.caption([image for _, image in good], settings)
+            for (index, _), captions in zip(good, results):
+                rows[index]["caption"] = captions[0].text
+        table = [[r["file"], r["caption"] or f"(not captioned: {r['error']})"] for r in rows]
+        return table, *write_downloads(rows)
+
+
+def write_downloads(rows: list[dict[str, str]]) -> tuple[str, str]:
+    directory = Path(tempfile.mkdtemp(prefix="captions-"))
+    csv_path, jsonl_path = directory / "captions.csv", directory / "captions.jsonl"
+    with csv_path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", "caption", "error"])
+        for row in rows:
+            writer.writerow([row["file"], row["caption"], row.get("error", "")])
+    jsonl_path.write_text(
+        "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8"
+    )
+    return str(csv_path), str(jsonl_path)
+
+
+def example_photos() -> list[str]:
+    if not EXAMPLES_DIR.is_dir():
+        return []
+    return sorted(str(p) for p in EXAMPLES_DIR.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def build_demo(captioner: Captioner, limits: AppLimits = AppLimits()) -> gr.Blocks:
+    """The whole interface around one loaded Captioner.
+
+    >>> build_demo(Captioner.from_pretrained()).launch()  # doctest: +SKIP
+    """
+    service = CaptionService(captioner, limits)
+    CaptionImage.max_data_url_bytes = limits.max_file_mb * 1024 * 1024
+    defaults = DEFAULT_SETTINGS
+    with gr.Blocks(title="Image captioning", delete_cache=(1800, 3600)) as demo:
+        demo.caption_service = service  # reachable by tests and the benchmark
+        gr.Markdown("# Image captioning\nUpload a photo and get a one-sentence description.")
+        with gr.Tab("Caption a photo"):
+            with gr.Row():
+                with gr.Column():
+                    image = CaptionImage(
+                        type="filepath", sources=["upload", "clipboard", "webcam"], label="Photo",
+                        elem_id="photo", height=360,
+                    )
+                    caption_button = gr.Button("Caption", variant="primary", elem_id="caption-button")
+                with gr.Column():
+                    caption_box = gr.Textbox(
+                        label="Caption", lines=2, max_lines=10, buttons=["copy"], elem_id="caption",
+                        interactive=False,
+                    )
+                    controls = _settings_controls(defaults)
+            examples = gr.Examples(
+                examples=[[p] for p in example_photos()], inputs=[image], label="Example photos",
+                examples_per_page=12,
+            )
+        with gr.Tab("Many images"):
+            gr.Markdown(
+                f"Caption up to {limits.max_images_per_request} images at once (alt text for a "
+                "folder) with the settings above, and download the results."
+            )
+            files = gr.File(
+                file_count="multiple", file_types=sorted(IMAGE_SUFFIXES), label="Images", elem_id="many-files"
+            )
+            many_button = gr.Button("Caption all", variant="primary", elem_id="many-button")
+            table = gr.Dataframe(
+                headers=["file", "caption"], label="Captions", interactive=False, elem_id="many-table"
+            )
+            with gr.Row():
+                csv_file = gr.File(label="CSV", elem_id="many-csv")
+                jsonl_file = gr.File(label="JSON lines", elem_id="many-jsonl")
+        gr.Markdown(MODEL_NOTE)
+
+        setting_inputs = [controls[name] for name in SETTING_NAMES]
+        caption_event = dict(
+            fn=service.caption_batch,
+            inputs=[image, *setting_inputs],
+            outputs=[caption_box],
+            batch=True,
+            max_batch_size=limits.max_batch_size,
+            concurrency_limit=1,
+            concurrency_id="model",
+            validator=service.validate,
+        )
+        caption_button.click(**caption_event, api_name="caption")
+        examples.load_input_event.then(**caption_event, api_visibility="private")
+        many_button.click(
+            service.caption_many,
+            inputs=[files, *setting_inputs],
+            outputs=[table, csv_file, jsonl_file],
+            concurrency_limit=1,
+            concurrency_id="model",
+            api_name="caption_many",
+        )
+    demo.queue(max_size=limits.queue_size, default_concurrency_limit=1, api_open=False)
+    return demo
+
+
+def _settings_controls(defaults: CaptionSettings) -> dict[str, gr.components.Component]:
+    def slider(name: str, label: str, step: float, info: str = "", **kwargs) -> gr.Slider:
+        low, high = BOUNDS[name]
+        return gr.Slider(
+            minimum=low, maximum=high, step=step, value=getattr(defaults, name), label=label,
+            info=info or None, elem_id=name.replace("_", "-"), **kwargs,
+        )
+
+    controls: dict[str, Any] = {}
+    with gr.Accordion("Generation settings", open=False, elem_id="settings"):
+        label_for = {v: k for k, v in STRATEGY_LABELS.items()}
+        controls["strategy"] = gr.Radio(
+            list(STRATEGY_LABELS), value=label_for[defaults.strategy], label="Strategy",
+            elem_id="strategy",
+        )
+        controls["max_length"] = slider("max_length", "Max length (tokens)", 1)
+        controls["num_captions"] = slider("num_captions", "Captions to return", 1)
+        controls["num_beams"] = slider("num_beams", "Beams", 1)
+        controls["temperature"] = slider("temperature", "Temperature", 0.05, visible=False)
+        controls["top_k"] = slider("top_k", "Top-k (0 = off)", 1, visible=False)
+        controls["top_p"] = slider("top_p", "Top-p", 0.05, visible=False)
+        controls["seed"] = gr.Number(
+            value=None, precision=0, label="Seed (empty = random)", visible=False, elem_id="seed",
+            minimum=BOUNDS["seed"][0], maximum=BOUNDS["seed"][1],
+        )
+        controls["repetition_penalty"] = slider("repetition_penalty", "Repetition penalty (1 = off)", 0.05)
+        controls["no_repeat_ngram_size"] = slider("no_repeat_ngram_size", "No-repeat n-gram size (0 = off)", 1)
+        reset = gr.Button("Reset to defaults", size="sm", elem_id="reset")
+
+    def show_for_strategy(label: str):
+        strategy = STRATEGY_LABELS.get(label, "beam")
+        sampling = strategy == "sample"
+        return (
+            gr.update(visible=strategy == "beam"),
+            *(gr.update(visible=sampling) for _ in range(4)),
+            # Greedy decoding has exactly one answer.
+            gr.update(interactive=False, value=1) if strategy == "greedy" else gr.update(interactive=True),
+        )
+
+    dependent = [controls[n] for n in ("num_beams", "temperature", "top_k", "top_p", "seed", "num_captions")]
+    controls["strategy"].change(show_for_strategy, controls["strategy"], dependent, queue=False, api_visibility="private")
+
+    def reset_values():
+        return [label_for[defaults.strategy]] + [getattr(defaults, n) for n in SETTING_NAMES[1:]]
+
+    reset.click(reset_values, None, [controls[n] for n in SETTING_NAMES], queue=False, api_visibility="private")
+    return controls
+class SettingSlider(gr.Slider):
+    """Passes the raw value on: CaptionSettings checks it and names the setting and its range
+    (stock preprocess fails first, and an API client then sees only "400 Bad Request")."""
+
+    is_template = True
+
+    def preprocess(self, payload):
+        return payload
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+    
+class SettingRadio(gr.Radio):
+    __doc__ = SettingSlider.__doc__
+    is_template = True
+
+    def preprocess(self, payload):
+        return payload
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+    
+class SettingNumber(gr.Number):
+    __doc__ = SettingSlider.__doc__
+    is_template = True
+
+    def preprocess(self, payload):
+        return payload
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+    
