@@ -43,12 +43,17 @@ def create_demo(args: argparse.Namespace):
     return build_demo(captioner, limits), limits
 
 
-def launch(demo, limits: AppLimits, args: argparse.Namespace) -> None:
-    options = dict(
-        server_name=args.host, server_port=args.port, max_file_size=f"{limits.max_file_mb}mb",
+def launch_options(limits: AppLimits, host: str, port: int | None) -> dict:
+    """launch() settings for a public deployment; the tests launch with these too."""
+    return dict(
+        server_name=host, server_port=port, max_file_size=f"{limits.max_file_mb}mb",
         show_error=False,  # visitors see our messages (gr.Error), never internal exception text
         footer_links=["api", "gradio"],
     )
+
+
+def launch(demo, limits: AppLimits, args: argparse.Namespace) -> None:
+    options = launch_options(limits, args.host, args.port)
     if args.share:
         try:
             demo.launch(share=True, prevent_thread_lock=True, **options)

@@ -47,3 +47,42 @@ def encode(image: Image.Image, fmt: str = "PNG", **options) -> bytes:
 @pytest.fixture
 def photos():
     return [photo(seed) for seed in range(6)]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RunningApp:
+    """The real app (app.py's launch settings) served on 127.0.0.1 in this process."""
+
+    def __init__(self, captioner, limits=None):
+        import app as app_module
+        from captioner.ui import AppLimits, build_demo
+
+        self.limits = limits or AppLimits()
+        self.demo = build_demo(captioner, self.limits)
+        self.service = self.demo.caption_service
+        options = app_module.launch_options(self.limits, "127.0.0.1", free_port())
+        self.demo.launch(prevent_thread_lock=True, quiet=True, **options)
+        self.url = self.demo.local_url
+
+    def client(self):
+        from gradio_client import Client
+
+        return Client(self.url, verbose=False)
+
+    def close(self):
+        self.demo.close()
+
+
+@pytest.fixture(scope="session")
+def running_app(captioner, tiny_checkpoint):
+    os.environ["CAPTIONER_MODEL"] = str(tiny_checkpoint)  # for `import app` (module-level demo)
+    served = RunningApp(captioner)
+    yield served
+    served.close()

@@ -1,0 +1,130 @@
+"""The launched app, called as a real client does (gradio_client over HTTP on 127.0.0.1)."""
+
+import csv
+import importlib
+import threading
+import time
+
+import gradio as gr
+import pytest
+from gradio_client import handle_file
+
+from captioner import CaptionSettings
+from captioner.ui import example_photos
+from conftest import encode, photo
+
+
+@pytest.fixture(scope="module")
+def client(running_app):
+    return running_app.client()
+
+
+@pytest.fixture
+def photo_file(tmp_path):
+    def make(seed, suffix=".png"):
+        path = tmp_path / f"photo{seed}{suffix}"
+        photo(seed).save(path)
+        return path
+
+    return make
+
+
+def core_caption(captioner, path, settings=CaptionSettings()):
+    return captioner.caption([path], settings)[0][0].text
+
+
+def test_importing_app_exposes_demo_without_serving(running_app):
+    app = importlib.import_module("app")
+    assert isinstance(app.demo, gr.Blocks) and not app.demo.is_running
+
+
+def test_api_documents_caption_with_named_defaulted_settings(client):
+    parameters = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/caption"]["parameters"]
+    names = [p["parameter_name"] for p in parameters]
+    assert names == ["image", "strategy", "max_length", "num_beams", "temperature", "top_k", "top_p",
+                     "repetition_penalty", "no_repeat_ngram_size", "num_captions", "seed"]
+    assert not parameters[0]["parameter_has_default"] and all(p["parameter_has_default"] for p in parameters[1:])
+
+
+def test_default_caption_equals_the_core(client, captioner, photo_file):
+    path = photo_file(1)
+    assert client.predict(handle_file(str(path)), api_name="/caption") == core_caption(captioner, path)
+
+
+def test_settings_through_the_api(client, captioner, photo_file):
+    path = photo_file(2)
+    greedy = client.predict(handle_file(str(path)), strategy="Greedy", max_length=8, api_name="/caption")
+    assert greedy == core_caption(captioner, path, CaptionSettings(strategy="greedy", max_length=8))
+    several = client.predict(handle_file(str(path)), num_captions=3, api_name="/caption")
+    lines = several.splitlines()
+    assert len(lines) == 3 and all("score" in line for line in lines)
+
+
+def test_concurrent_clients_with_mixed_settings_are_batched_and_each_gets_its_own(running_app, captioner, photo_file):
+    mixes = [
+        {}, {"strategy": "Greedy"}, {"num_beams": 2}, {"strategy": "Sampling", "seed": 5},
+        {"max_length": 6}, {}, {"strategy": "Greedy", "max_length": 10}, {"num_beams": 3},
+    ]
+    paths = [photo_file(10 + i) for i in range(len(mixes))]
+    expected = []
+    for path, mix in zip(paths, mixes):
+        settings = CaptionSettings.from_values({
+            **{k: v for k, v in mix.items() if k != "strategy"},
+            "strategy": {"Greedy": "greedy", "Sampling": "sample"}.get(mix.get("strategy"), "beam"),
+        })
+        expected.append(core_caption(captioner, path, settings))
+    running_app.service.batch_sizes.clear()
+    clients = [running_app.client() for _ in mixes]
+    # Hold the model while the requests arrive, so the queue has several waiting to batch.
+    with captioner._lock:
+        jobs = [c.submit(handle_file(str(p)), **mix, api_name="/caption") for c, p, mix in zip(clients, paths, mixes)]
+        time.sleep(3)
+    results = [job.result(timeout=120) for job in jobs]
+    assert results == expected
+    assert max(running_app.service.batch_sizes) > 1, running_app.service.batch_sizes
+    assert sum(running_app.service.batch_sizes) == len(mixes)
+
+
+def test_bad_image_gets_a_message_and_the_next_request_works(client, captioner, tmp_path, photo_file):
+    bad = tmp_path / "fake.jpg"
+    bad.write_bytes(b"definitely not a jpeg")
+    with pytest.raises(Exception, match="not a supported image"):
+        client.predict(handle_file(str(bad)), api_name="/caption")
+    good = photo_file(3)
+    assert client.predict(handle_file(str(good)), api_name="/caption") == core_caption(captioner, good)
+
+
+def test_bad_setting_is_named_with_its_range(client, photo_file):
+    with pytest.raises(Exception, match="num_beams must be an integer from 1 to 8; got 1000"):
+        client.predict(handle_file(str(photo_file(4))), num_beams=1000, api_name="/caption")
+
+
+def test_many_images_endpoint_tables_and_downloads(client, captioner, tmp_path, photo_file):
+    good = [photo_file(20), photo_file(21, ".jpg")]
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(encode(photo(22))[:200])
+    table, csv_path, jsonl_path = client.predict(
+        [handle_file(str(p)) for p in [*good, broken]], api_name="/caption_many"
+    )
+    rows = table["data"]
+    assert [r[0] for r in rows] == ["photo20.png", "photo21.jpg", "broken.png"]
+    assert rows[0][1] == core_caption(captioner, good[0]) and "not captioned" in rows[2][1]
+    written = list(csv.DictReader(open(csv_path, encoding="utf-8")))
+    assert written[1]["caption"] == core_caption(captioner, good[1]) and written[2]["error"]
+    assert len(open(jsonl_path, encoding="utf-8").read().splitlines()) == 3
+
+
+def test_example_photos_are_real_and_caption(captioner):
+    photos = example_photos()
+    assert len(photos) >= 4
+    assert all(core_caption(captioner, p) for p in photos)
+
+
+def test_data_url_images_respect_the_size_limit(client):
+    import base64
+
+    small = "data:image/png;base64," + base64.b64encode(encode(photo(5))).decode()
+    assert client.predict({"path": None, "url": small, "meta": {"_type": "gradio.FileData"}}, api_name="/caption")
+    bomb = "data:image/png;base64," + base64.b64encode(encode(photo(5).resize((20, 20)).convert("1").resize((20000, 20000)))).decode()
+    with pytest.raises(Exception, match="too large"):
+        client.predict({"path": None, "url": bomb, "meta": {"_type": "gradio.FileData"}}, api_name="/caption")
