@@ -1,0 +1,153 @@
+"""Load test: many concurrent gradio_client users against a running app, on loopback only.
+
+Bounded in requests and time; every request must end with its caption or a clean "busy" answer.
+Reports latency percentiles and the server's resident memory after the first 100 requests and
+at the end (a leak shows as growth).
+
+    python bench/load.py                       # starts app.py on a tiny random checkpoint
+    python bench/load.py --size full           # the full-size ViT-GPT2 architecture, random weights
+    python bench/load.py --url http://127.0.0.1:7860/ --pid 1234   # an app you started
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+
+def run_load(url: str, images: list[str], clients: int = 64, requests: int = 1000,
+             deadline_s: float = 900, request_timeout_s: float = 300, pid: int | None = None,
+             rss_checkpoint: int = 100) -> dict:
+    import psutil
+    from gradio_client import Client, handle_file
+
+    assert url.startswith(("http://127.", "http://localhost", "http://[::1]")), "loopback only"
+    server = psutil.Process(pid) if pid else None
+    lock = threading.Lock()
+    state = {"next": 0, "done": 0, "rss_at_checkpoint": None}
+    outcomes: list[tuple[str, float, str]] = []
+    stop_at = time.monotonic() + deadline_s
+
+    def worker(worker_id: int) -> None:
+        client = Client(url, verbose=False)
+        while time.monotonic() < stop_at:
+            with lock:
+                if state["next"] >= requests:
+                    return
+                index = state["next"]
+                state["next"] += 1
+            image = images[index % len(images)]
+            started = time.monotonic()
+            try:
+                job = client.submit(handle_file(image), api_name="/caption")
+                caption = job.result(timeout=request_timeout_s)
+                outcome, detail = "ok", caption
+            except TimeoutError:
+                outcome, detail = "timeout", ""
+            except Exception as error:  # noqa: BLE001 - classify every failure the client sees
+                text = str(error)
+                outcome = "busy" if "queue is full" in text.lower() else "error"
+                detail = text[:200]
+            with lock:
+                outcomes.append((outcome, time.monotonic() - started, detail))
+                state["done"] += 1
+                if server and state["done"] == rss_checkpoint:
+                    state["rss_at_checkpoint"] = server.memory_info().rss
+            if outcome == "busy":
+                time.sleep(0.2)  # a polite client backs off
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(clients)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=max(0.0, stop_at - time.monotonic()) + request_timeout_s)
+    elapsed = time.monotonic() - started
+    latencies = sorted(t for o, t, _ in outcomes if o == "ok")
+
+    def percentile(p: float) -> float | None:
+        return round(latencies[min(len(latencies) - 1, int(p / 100 * len(latencies)))], 3) if latencies else None
+
+    counts = {k: sum(1 for o, _, _ in outcomes if o == k) for k in ("ok", "busy", "error", "timeout")}
+    rss_end = server.memory_info().rss if server else None
+    return {
+        "clients": clients, "requested": requests, "answered": len(outcomes),
+        "lost": state["next"] - len(outcomes), **counts,
+        "elapsed_s": round(elapsed, 1), "ok_per_s": round(counts["ok"] / elapsed, 2) if elapsed else None,
+        "latency_p50_s": percentile(50), "latency_p95_s": percentile(95), "latency_p99_s": percentile(99),
+        "rss_after_first_%d_mb" % rss_checkpoint: round(state["rss_at_checkpoint"] / 2**20) if state["rss_at_checkpoint"] else None,
+        "rss_end_mb": round(rss_end / 2**20) if rss_end else None,
+        "rss_growth": round(rss_end / state["rss_at_checkpoint"] - 1, 3) if rss_end and state["rss_at_checkpoint"] else None,
+        "errors": sorted({d for o, _, d in outcomes if o == "error"})[:5],
+        "distinct_captions": sorted({d for o, _, d in outcomes if o == "ok"}),
+    }
+
+
+def start_app(size: str, queue_size: int) -> tuple[subprocess.Popen, str, tempfile.TemporaryDirectory]:
+    from captioner.checkpoints import save_random_checkpoint
+
+    workdir = tempfile.TemporaryDirectory()
+    checkpoint = save_random_checkpoint(Path(workdir.name) / "model", size, seed=0)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "app.py"), "--model", str(checkpoint), "--port", str(port),
+         "--queue-size", str(queue_size)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}/"
+    import httpx
+
+    for _ in range(600):
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return process, url, workdir
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    process.kill()
+    raise SystemExit("the app did not start")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url")
+    parser.add_argument("--pid", type=int, help="the server's process id, for its memory readings")
+    parser.add_argument("--size", choices=["tiny", "full"], default="tiny")
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--queue-size", type=int, default=32)
+    parser.add_argument("--deadline", type=float, default=1200)
+    args = parser.parse_args()
+    images = sorted(str(p) for p in (ROOT / "examples").glob("*.jpg"))
+    process = workdir = None
+    url, pid = args.url, args.pid
+    if not url:
+        process, url, workdir = start_app(args.size, args.queue_size)
+        pid = process.pid
+    try:
+        report = run_load(url, images, args.clients, args.requests, args.deadline, pid=pid)
+    finally:
+        if process:
+            process.terminate()
+            process.wait(timeout=30)
+    for key, value in report.items():
+        if key != "distinct_captions":
+            print(f"{key:>28}: {value}")
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+"""Hostile input through the launched app: each gets a clear message and the server keeps serving."""
+
+import math
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+from gradio_client import handle_file
+from hypothesis import HealthCheck, given, settings as hyp_settings, strategies as st
+from PIL import Image
+
+from captioner import CaptionSettings, InvalidImage, InvalidSettings, load_image
+from captioner.ui import AppLimits
+from conftest import RunningApp, encode, photo
+
+
+def _exif_rotated():
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return encode(photo(1, (60, 30)), "JPEG", exif=exif)
+
+
+def _animated():
+    frames = [photo(2), photo(3)]
+    return encode(frames[0], "GIF", save_all=True, append_images=frames[1:])
+
+
+REFUSED = {
+    "empty.jpg": (b"", "the file is empty"),
+    "text.jpg": (b"hello, I am plain text pretending to be a jpeg", "not a supported image"),
+    "page.png": (b"<html><body><script>alert(1)</script></body></html>", "HTML"),
+    "drawing.svg": (b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>', "SVG"),
+    "truncated.jpg": (encode(photo(4, (300, 300)), "JPEG")[:1500], "truncated or corrupt"),
+    "bomb.png": (encode(Image.new("1", (20000, 20000))), "too large"),
+}
+CAPTIONED = {
+    "huge.jpg": encode(Image.new("RGB", (7000, 5000), (40, 90, 160)), "JPEG", quality=60),
+    "wide.png": encode(photo(5, (4000, 3))),
+    "dot.png": encode(Image.new("RGB", (1, 1), (200, 10, 10))),
+    "deep.png": encode(Image.fromarray((np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16))),
+    "cmyk.jpg": encode(photo(6, mode="CMYK"), "JPEG"),
+    "palette.png": encode(photo(7, mode="P")),
+    "transparent.png": encode(photo(8, mode="RGBA")),
+    "animated.gif": _animated(),
+    "pages.tiff": encode(photo(9), "TIFF", save_all=True, append_images=[photo(10)]),
+    "rotated.jpg": _exif_rotated(),
+}
+
+
+@pytest.fixture(scope="module")
+def client(running_app):
+    return running_app.client()
+
+
+@pytest.fixture(scope="module")
+def good_photo(tmp_path_factory):
+    path = tmp_path_factory.mktemp("good") / "good.png"
+    photo(42).save(path)
+    return path
+
+
+def write(tmp_path, name, data):
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED))
+def test_refused_inputs_get_a_message_and_the_server_goes_on(client, captioner, tmp_path, good_photo, name):
+    data, message = REFUSED[name]
+    with pytest.raises(Exception, match=message):
+        client.predict(handle_file(str(write(tmp_path, name, data))), api_name="/caption")
+    assert client.predict(handle_file(str(good_photo)), api_name="/caption") == captioner.caption([good_photo])[0][0].text
+
+
+@pytest.mark.parametrize("name", sorted(CAPTIONED))
+def test_odd_but_valid_images_are_captioned(client, captioner, tmp_path, name):
+    path = write(tmp_path, name, CAPTIONED[name])
+    assert client.predict(handle_file(str(path)), api_name="/caption") == captioner.caption([path])[0][0].text
+
+
+@pytest.mark.parametrize(
+    "setting, value, message",
+    [
+        ("num_beams", 1000, "num_beams must be an integer from 1 to 8"),
+        ("max_length", 100000, "max_length must be an integer from 2 to 64"),
+        ("num_captions", 1000, "num_captions must be an integer from 1 to 8"),
+        ("temperature", -1, "temperature must be a number from 0.05 to 5"),
+        ("top_p", "lots", "top_p must be a number"),
+        ("strategy", "telepathy", "strategy must be one of"),
+    ],
+)
+def test_bad_settings_are_refused_by_name(client, tmp_path, good_photo, setting, value, message):
+    with pytest.raises(Exception, match=message):
+        client.predict(handle_file(str(good_photo)), **{setting: value}, api_name="/caption")
+
+
+def test_nan_and_infinity_in_raw_json_are_refused(running_app, good_photo):
+    service = running_app.service
+    for value in (math.nan, math.inf, -math.inf):
+        with pytest.raises(InvalidSettings, match="temperature"):
+            service._check_request(str(good_photo), ["Sampling", 16, 4, value, 50, 1.0, 1.0, 0, 1, -1])
+
+
+def test_files_outside_the_app_are_not_served(running_app):
+    for path in ["/etc/passwd", "../../../../etc/passwd", "/proc/self/environ"]:
+        response = httpx.get(f"{running_app.url}gradio_api/file={path}", timeout=10)
+        assert response.status_code in (403, 404), (path, response.status_code)
+
+
+def test_rest_route_cannot_bypass_the_queue(running_app, good_photo):
+    response = httpx.post(f"{running_app.url}gradio_api/run/caption", json={"data": [None]}, timeout=10)
+    assert response.status_code >= 400
+
+
+def test_full_queue_answers_busy_at_once(captioner, good_photo):
+    small = RunningApp(captioner, AppLimits(queue_size=2, max_batch_size=1))
+    try:
+        clients = [small.client() for _ in range(6)]
+        with captioner._lock:  # the model is busy: requests pile up
+            jobs = []
+            for c in clients:
+                jobs.append(c.submit(handle_file(str(good_photo)), api_name="/caption"))
+                time.sleep(0.3)
+            time.sleep(1)
+            started = time.monotonic()
+            busy = [job for job in jobs if job.done() and job.exception() is not None]
+            assert busy and time.monotonic() - started < 5
+            assert any("queue is full" in str(job.exception()).lower() for job in busy)
+        finished = [job.result(timeout=60) for job in jobs if job not in busy]
+        assert finished and all(finished)
+    finally:
+        small.close()
+
+
+# --- properties of the core, over settings and image shapes/modes ---
+
+settings_values = st.fixed_dictionaries({
+    "strategy": st.sampled_from(["beam", "greedy", "sample"]),
+    "max_length": st.integers(-5, 100),
+    "num_beams": st.integers(-2, 12),
+    "temperature": st.floats(allow_nan=True, allow_infinity=True),
+    "top_k": st.integers(-10, 2000),
+    "top_p": st.floats(-1, 2),
+    "num_captions": st.integers(0, 10),
+})
+
+
+@given(settings_values)
+def test_settings_are_either_valid_and_bounded_or_refused_by_name(values):
+    try:
+        settings = CaptionSettings(**values)
+    except InvalidSettings as error:
+        assert error.field in str(error)
+        return
+    kwargs = settings.generate_kwargs()
+    assert 2 <= kwargs["max_length"] <= 64 and 1 <= kwargs["num_beams"] <= 8
+    assert 1 <= kwargs["num_return_sequences"] <= 8
+
+
+@hyp_settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    width=st.integers(1, 300), height=st.integers(1, 300),
+    mode=st.sampled_from(["RGB", "RGBA", "L", "LA", "P", "CMYK", "I", "F", "1", "I;16"]),
+    fmt=st.sampled_from(["PNG", "TIFF", "WEBP", "BMP", "GIF", "JPEG"]),
+)
+def test_any_image_decodes_to_rgb_or_is_refused_cleanly(width, height, mode, fmt):
+    image = Image.new(mode, (width, height))
+    try:
+        data = encode(image, fmt)
+    except (OSError, ValueError, KeyError):
+        return  # Pillow cannot write this mode in this format: nothing to test
+    try:
+        out = load_image(data)
+    except InvalidImage:
+        return
+    assert out.mode == "RGB" and out.size in ((width, height), (height, width))
