@@ -170,10 +170,7 @@ class CaptionService:
 
     def _check_request(self, image: str | None, setting_values: list[Any]) -> None:
         settings_from_widgets(*setting_values)
-        if image is None:
-            raise CaptionError("Add a photo first: upload one, paste it, or use the webcam.")
-        with self._decode_slots:
-            load_image(image, self.image_limits)
+        self._decode(image)
 
     def caption(self, image, strategy, max_length, num_beams, temperature, top_k, top_p,
                 repetition_penalty, no_repeat_ngram_size, num_captions, seed) -> list[list[str]]:
