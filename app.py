@@ -14,6 +14,10 @@ from pathlib import Path
 # Spaces does not install the project: make src/ importable from a plain checkout.
 sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
 
+from captioner.memory import tune_malloc  # noqa: E402
+
+tune_malloc()  # before torch and gradio start threads: keeps a long-running server's RSS flat
+
 from captioner import Captioner, CaptionError  # noqa: E402
 from captioner.ui import AppLimits, build_demo  # noqa: E402
 
@@ -31,6 +35,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--queue-size", type=int, default=int(os.environ.get("CAPTIONER_QUEUE_SIZE", AppLimits.queue_size)))
     parser.add_argument("--max-images", type=int, default=int(os.environ.get("CAPTIONER_MAX_IMAGES", AppLimits.max_images_per_request)))
     parser.add_argument("--max-file-mb", type=int, default=int(os.environ.get("CAPTIONER_MAX_FILE_MB", AppLimits.max_file_mb)))
+    parser.add_argument("--max-megapixels", type=int, default=int(os.environ.get("CAPTIONER_MAX_MEGAPIXELS", AppLimits.max_megapixels)),
+                        help="images that decode to more pixels are refused (decompression bombs)")
     return parser.parse_args(argv)
 
 
@@ -39,6 +45,7 @@ def create_demo(args: argparse.Namespace):
     limits = AppLimits(
         max_batch_size=args.max_batch_size, queue_size=args.queue_size,
         max_images_per_request=args.max_images, max_file_mb=args.max_file_mb,
+        max_megapixels=args.max_megapixels,
     )
     return build_demo(captioner, limits), limits
 

@@ -36,6 +36,7 @@ def run_load(url: str, images: list[str], clients: int = 64, requests: int = 100
     server = psutil.Process(pid) if pid else None
     lock = threading.Lock()
     state = {"next": 0, "done": 0, "rss_at_checkpoint": None}
+    rss_trace: list[int] = []  # server RSS (MB) after every `rss_checkpoint` answers
     outcomes: list[tuple[str, float, str]] = []
     stop_at = time.monotonic() + deadline_s
 
@@ -62,8 +63,11 @@ def run_load(url: str, images: list[str], clients: int = 64, requests: int = 100
             with lock:
                 outcomes.append((outcome, time.monotonic() - started, detail))
                 state["done"] += 1
-                if server and state["done"] == rss_checkpoint:
-                    state["rss_at_checkpoint"] = server.memory_info().rss
+                if server and state["done"] % rss_checkpoint == 0:
+                    rss = server.memory_info().rss
+                    rss_trace.append(round(rss / 2**20))
+                    if state["done"] == rss_checkpoint:
+                        state["rss_at_checkpoint"] = rss
             if outcome == "busy":
                 time.sleep(0.2)  # a polite client backs off
 
@@ -89,6 +93,7 @@ def run_load(url: str, images: list[str], clients: int = 64, requests: int = 100
         "rss_after_first_%d_mb" % rss_checkpoint: round(state["rss_at_checkpoint"] / 2**20) if state["rss_at_checkpoint"] else None,
         "rss_end_mb": round(rss_end / 2**20) if rss_end else None,
         "rss_growth": round(rss_end / state["rss_at_checkpoint"] - 1, 3) if rss_end and state["rss_at_checkpoint"] else None,
+        "rss_trace_mb": rss_trace,
         "errors": sorted({d for o, _, d in outcomes if o == "error"})[:5],
         "distinct_captions": sorted({d for o, _, d in outcomes if o == "ok"}),
     }

@@ -128,3 +128,12 @@ def test_data_url_images_respect_the_size_limit(client):
     bomb = "data:image/png;base64," + base64.b64encode(encode(photo(5).resize((20, 20)).convert("1").resize((20000, 20000)))).decode()
     with pytest.raises(Exception, match="too large"):
         client.predict({"path": None, "url": bomb, "meta": {"_type": "gradio.FileData"}}, api_name="/caption")
+
+
+def test_command_line_limits_reach_the_service(tiny_checkpoint):
+    import app as app_module
+
+    args = app_module.parse_args(["--model", str(tiny_checkpoint), "--max-megapixels", "5", "--max-file-mb", "3"])
+    demo, limits = app_module.create_demo(args)
+    limits_in_use = demo.caption_service.image_limits
+    assert (limits_in_use.max_pixels, limits_in_use.max_file_bytes) == (5_000_000, 3 * 1024 * 1024)

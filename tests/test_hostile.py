@@ -135,6 +135,53 @@ def test_full_queue_answers_busy_at_once(captioner, good_photo):
         small.close()
 
 
+def test_a_bad_request_never_fails_its_batch_mates(running_app, captioner, tmp_path):
+    goods = [tmp_path / f"good{i}.png" for i in range(4)]
+    for i, path in enumerate(goods):
+        photo(60 + i).save(path)
+    expected = [c[0].text for c in captioner.caption(goods)]
+    bads = [write(tmp_path, name, REFUSED[name][0]) for name in ("text.jpg", "bomb.png", "truncated.jpg")]
+    running_app.service.batch_sizes.clear()
+    clients = [running_app.client() for _ in range(len(goods) + len(bads))]
+    order = [goods[0], bads[0], goods[1], bads[1], goods[2], bads[2], goods[3]]
+    # Hold the model while they arrive, so good and bad requests wait in the queue together.
+    with captioner._lock:
+        jobs = [c.submit(handle_file(str(p)), api_name="/caption") for c, p in zip(clients, order)]
+        time.sleep(3)
+    outcomes = []
+    for job in jobs:
+        try:
+            outcomes.append(job.result(timeout=120))
+        except Exception as error:  # noqa: BLE001 - the bad ones must fail, each with its own message
+            outcomes.append(error)
+    assert [outcomes[i] for i in (0, 2, 4, 6)] == expected
+    assert [type(outcomes[i]).__name__ for i in (1, 3, 5)] == ["ValidationError"] * 3  # refused before the queue
+    assert "not a supported image" in str(outcomes[1]) and "too large" in str(outcomes[3])
+    assert max(running_app.service.batch_sizes) > 1 and sum(running_app.service.batch_sizes) == len(goods)
+
+
+def test_an_item_that_fails_inside_a_batch_fails_alone(running_app, captioner, tmp_path):
+    good = tmp_path / "good.png"
+    photo(70).save(good)
+    vanished = tmp_path / "purged-after-validation.png"  # validated, then deleted before its batch ran
+    defaults = ["Beam search", 16, 4, 1.0, 50, 1.0, 1.0, 0, 1, -1]
+    batch = [[str(good), str(vanished), str(good)], *([v] * 3 for v in defaults)]
+    (outputs,) = running_app.service.caption(*batch)
+    expected = captioner.caption([good])[0][0].text
+    assert outputs[0] == outputs[2] == expected
+    assert outputs[1].startswith("Could not caption this image:") and "not found" in outputs[1].lower()
+
+
+def test_pixel_limit_is_configurable(captioner, tmp_path):
+    strict = RunningApp(captioner, AppLimits(max_megapixels=1))
+    try:
+        two_megapixels = write(tmp_path, "big.png", encode(Image.new("RGB", (2000, 1000), (9, 99, 199))))
+        with pytest.raises(Exception, match="at most 1 megapixels"):
+            strict.client().predict(handle_file(str(two_megapixels)), api_name="/caption")
+    finally:
+        strict.close()
+
+
 # --- properties of the core, over settings and image shapes/modes ---
 
 settings_values = st.fixed_dictionaries({

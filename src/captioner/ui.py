@@ -49,6 +49,7 @@ class AppLimits:
     queue_size: int = 64  # waiting requests; beyond this a request is answered "busy" at once
     max_images_per_request: int = 32  # the many-images tab
     max_file_mb: int = 20  # uploads, and data: URLs sent through the API
+    max_megapixels: int = 50  # decoded size; above it an image is refused as a decompression bomb
     decode_workers: int = 2  # images decoded at once while validating (memory bound)
 
 
@@ -144,7 +145,9 @@ class CaptionService:
         self.captioner = captioner
         self.limits = limits
         self.image_limits = dataclasses.replace(
-            captioner.image_limits, max_file_bytes=limits.max_file_mb * 1024 * 1024
+            captioner.image_limits,
+            max_file_bytes=limits.max_file_mb * 1024 * 1024,
+            max_pixels=limits.max_megapixels * 1_000_000,
         )
         self._decode_slots = threading.BoundedSemaphore(limits.decode_workers)
         self.batch_sizes: list[int] = []  # the batches the queue formed, for tests and the bench
@@ -181,13 +184,22 @@ class CaptionService:
         self.batch_sizes.append(len(image))
         settings_lists = (strategy, max_length, num_beams, temperature, top_k, top_p,
                           repetition_penalty, no_repeat_ngram_size, num_captions, seed)
-        try:
-            settings = [settings_from_widgets(*values) for values in zip(*settings_lists)]
-            decoded = [self._decode(path) for path in image]
-            results = self.captioner.caption(decoded, settings)
-        except CaptionError as error:
-            raise gr.Error(str(error), print_exception=False) from None
-        return [[format_captions(captions) for captions in results]]
+        # Validation already refused bad requests; anything that still fails here (a file purged
+        # meanwhile) fails only its own request, never its batch-mates.
+        outputs: list[str | None] = [None] * len(image)
+        good: list[tuple[int, Any, CaptionSettings]] = []
+        for index, (path, *values) in enumerate(zip(image, *settings_lists)):
+            try:
+                good.append((index, self._decode(path), settings_from_widgets(*values)))
+            except CaptionError as error:
+                outputs[index] = f"Could not caption this image: {error}"
+        if len(image) == 1 and outputs[0] is not None:
+            raise gr.Error(outputs[0], print_exception=False)
+        if good:
+            results = self.captioner.caption([g[1] for g in good], [g[2] for g in good])
+            for (index, _, _), captions in zip(good, results):
+                outputs[index] = format_captions(captions)
+        return [outputs]
 
     def _decode(self, image: str | None):
         if image is None:
