@@ -20,6 +20,7 @@ from PIL import Image
 from .errors import ModelLoadError, RequestTooLarge
 from .images import DEFAULT_LIMITS, ImageInput, ImageLimits, load_image
 from .settings import DEFAULT_SETTINGS, CaptionSettings
+from .speedups import SpeedupReport, generation_scope, speed_up
 
 DEFAULT_MODEL = "nlpconnect/vit-gpt2-image-captioning"
 MODEL_ENV_VAR = "CAPTIONER_MODEL"
@@ -51,8 +52,11 @@ class Captioner:
         max_batch_size: int = 16,
         image_limits: ImageLimits = DEFAULT_LIMITS,
         max_images_per_call: int = 256,
+        speedups: bool = True,
     ) -> None:
         self.model = model.eval()
+        # Exact (captions unchanged) CPU speed-ups; see speedups.py. False keeps stock transformers.
+        self.speedups = speed_up(self.model) if speedups else SpeedupReport(0, 0, "turned off")
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.source = source
@@ -160,7 +164,7 @@ class Captioner:
             pixel_values = self.image_processor(images=images, return_tensors="pt").pixel_values
             pixel_values = pixel_values.to(self.device, self.dtype)
             want_scores = settings.num_captions > 1
-            with _seeded(settings.seed if settings.strategy == "sample" else None):
+            with _seeded(settings.seed if settings.strategy == "sample" else None), generation_scope(len(images)):
                 output = self.model.generate(
                     pixel_values,
                     **settings.generate_kwargs(),
