@@ -7,6 +7,7 @@ module loads the model but never starts a server.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
@@ -30,7 +31,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     parser.add_argument("--share", action="store_true", help="ask Gradio for a temporary public link")
     parser.add_argument("--dtype", default=os.environ.get("CAPTIONER_DTYPE", "float32"),
-                        choices=["float32", "bfloat16", "float16"], help="bfloat16: opt-in fast mode")
+                        choices=["float32", "bfloat16", "float16", "int8"],
+                        help="int8: opt-in CPU fast mode (not exact); bfloat16/float16: for GPUs")
     parser.add_argument("--max-batch-size", type=int, default=int(os.environ.get("CAPTIONER_MAX_BATCH_SIZE", AppLimits.max_batch_size)))
     parser.add_argument("--queue-size", type=int, default=int(os.environ.get("CAPTIONER_QUEUE_SIZE", AppLimits.queue_size)))
     parser.add_argument("--max-images", type=int, default=int(os.environ.get("CAPTIONER_MAX_IMAGES", AppLimits.max_images_per_request)))
@@ -83,6 +85,9 @@ def _load_for_spaces():
 
 
 if __name__ == "__main__":
+    # One line per batch on stderr (the Space's log): size and time, read by bench/speed.py too.
+    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("captioner").setLevel(logging.INFO)
     arguments = parse_args()
     try:
         demo, app_limits = create_demo(arguments)

@@ -25,7 +25,7 @@ def stock(tiny_checkpoint):
 def test_both_speedups_are_applied_to_the_tiny_vit_gpt2(captioner):
     layers = captioner.model.config.decoder.n_layer
     # Per layer: attention in/out, cross-attention query/keys-values/out, MLP in/out; plus the LM head.
-    assert captioner.speedups.packed_linears == 7 * layers + 1
+    assert captioner.speedups.linear_layers == 7 * layers + 1
     assert captioner.speedups.grouped_cross_attention == layers
     assert isinstance(captioner.model.decoder.lm_head, PackedLinear)
 
@@ -83,7 +83,7 @@ def test_unchecked_transformers_keeps_stock_cross_attention(monkeypatch):
     monkeypatch.setattr(speedups, "transformers_version", lambda: "6.0.0")
     _, fast, report = _pair("tiny")
     assert report.grouped_cross_attention == 0 and "6.0.0" in report.skipped
-    assert report.packed_linears > 0  # oneDNN packing does not depend on transformers' internals
+    assert report.linear_layers > 0  # oneDNN packing does not depend on transformers' internals
     assert not isinstance(fast.decoder.transformer.h[0].crossattention, GroupedCrossAttention)
 
 
@@ -91,7 +91,7 @@ def test_only_cpu_fp32_is_sped_up():
     tokenizer = build_tokenizer("tiny")
     half = build_random_model(tokenizer, "tiny").to(torch.bfloat16)
     report = speed_up(half)
-    assert (report.packed_linears, report.grouped_cross_attention) == (0, 0) and "fp32" in report.skipped
+    assert (report.linear_layers, report.grouped_cross_attention) == (0, 0) and "fp32" in report.skipped
 
 
 @pytest.mark.slow

@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     caption.add_argument("--json", action="store_true", help="print JSON lines")
     caption.add_argument("--output", type=Path, help="also write results to a .csv or .jsonl file")
     caption.add_argument("--batch-size", type=int, default=FILE_BATCH)
-    caption.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    caption.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "int8"],
+                         help="int8: opt-in CPU fast mode (not exact); bfloat16/float16: for GPUs")
     add_settings_arguments(caption)
     caption.set_defaults(handler=run_caption)
     return parser

@@ -26,6 +26,8 @@ DEFAULT_MODEL = "nlpconnect/vit-gpt2-image-captioning"
 MODEL_ENV_VAR = "CAPTIONER_MODEL"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# "int8" loads fp32 weights and quantizes the linear layers (CPU, opt-in fast mode, not exact).
+PRECISIONS = (*DTYPES, "int8")
 
 
 @dataclass(frozen=True)
@@ -53,18 +55,20 @@ class Captioner:
         image_limits: ImageLimits = DEFAULT_LIMITS,
         max_images_per_call: int = 256,
         speedups: bool = True,
+        int8: bool = False,
     ) -> None:
         self.model = model.eval()
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
         # Exact (captions unchanged) CPU speed-ups; see speedups.py. False keeps stock transformers.
-        self.speedups = speed_up(self.model) if speedups else SpeedupReport(0, 0, "turned off")
+        # int8 is the opt-in fast mode: faster, not exact.
+        self.speedups = speed_up(self.model, int8=int8) if speedups or int8 else SpeedupReport(0, 0, "turned off")
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.source = source
         self.max_batch_size = max_batch_size
         self.image_limits = image_limits
         self.max_images_per_call = max_images_per_call
-        self.device = next(model.parameters()).device
-        self.dtype = next(model.parameters()).dtype
         # GPT-2 has no pad token; padding finished beams with EOS is what the model card does.
         generation_config = self.model.generation_config
         if generation_config.pad_token_id is None:
@@ -89,10 +93,14 @@ class Captioner:
         `source` defaults to $CAPTIONER_MODEL, then to the model card's checkpoint.
         """
         source = str(source or os.environ.get(MODEL_ENV_VAR) or DEFAULT_MODEL)
-        if dtype not in DTYPES:
-            raise ModelLoadError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
+        if dtype not in PRECISIONS:
+            raise ModelLoadError(f"dtype must be one of {', '.join(PRECISIONS)}; got {dtype!r}")
+        if dtype == "int8":
+            options["int8"] = True
         _check_source(source)
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if dtype == "int8" and device not in (None, "cpu"):
+            raise ModelLoadError("dtype int8 (dynamic quantization) runs on the CPU only")
+        device = device or ("cuda" if torch.cuda.is_available() and dtype != "int8" else "cpu")
         from transformers import (
             AutoConfig,
             AutoImageProcessor,
@@ -108,7 +116,7 @@ class Captioner:
                     f"captioning checkpoint. Set {MODEL_ENV_VAR} or --model to one."
                 )
             model = VisionEncoderDecoderModel.from_pretrained(
-                source, revision=revision, dtype=DTYPES[dtype]
+                source, revision=revision, dtype=DTYPES.get(dtype, torch.float32)
             )
             tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
             # The PIL backend: torchvision is large and PyPI's build does not pair with ours.

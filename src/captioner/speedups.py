@@ -126,14 +126,39 @@ class GroupedCrossAttention(nn.Module):
         return states.view(*states.shape[:2], self.num_heads, self.head_dim).transpose(1, 2)
 
 
+def quantize_int8(model) -> int:
+    """Opt-in fast mode: int8 weights (dynamic quantization) for every linear layer, CPU only.
+
+    Not exact: captions can differ from fp32's, so it is never the default. Returns the layers
+    quantized. Call it instead of `speed_up`'s packing (it keeps the grouped cross-attention).
+    """
+    from transformers.pytorch_utils import Conv1D
+
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, Conv1D):
+                linear = nn.Linear(child.weight.shape[0], child.weight.shape[1])
+                linear.weight.data = child.weight.data.t().contiguous()
+                linear.bias.data = child.bias.data
+                setattr(parent, name, linear)
+    decoder = model.decoder
+    if isinstance(decoder.lm_head, nn.Linear):  # untie from the embedding before quantizing
+        lm_head = nn.Linear(decoder.lm_head.in_features, decoder.lm_head.out_features, bias=False)
+        lm_head.weight.data = decoder.lm_head.weight.data.clone()
+        decoder.lm_head = lm_head
+    count = sum(isinstance(m, nn.Linear) for m in model.modules())
+    torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=True)
+    return count
+
+
 @dataclass(frozen=True)
 class SpeedupReport:
-    packed_linears: int
+    linear_layers: int  # replaced by oneDNN-packed (exact) or int8 (fast mode) ones
     grouped_cross_attention: int
     skipped: str = ""  # why a part was not applied
 
 
-def speed_up(model) -> SpeedupReport:
+def speed_up(model, int8: bool = False) -> SpeedupReport:
     """Apply both speed-ups to a VisionEncoderDecoderModel with a GPT-2 decoder on CPU in fp32.
 
     Anything else (GPU, half precision, another decoder, an unchecked transformers) is left stock.
@@ -162,6 +187,8 @@ def speed_up(model) -> SpeedupReport:
     else:
         skipped = f"grouped cross-attention not checked on transformers {version}"
 
+    if int8:
+        return SpeedupReport(quantize_int8(model), grouped, skipped)
     packed = 0
     for parent in list(decoder.modules()):
         for name, child in list(parent.named_children()):

@@ -12,8 +12,10 @@ import binascii
 import csv
 import dataclasses
 import json
+import logging
 import tempfile
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,7 @@ from .images import IMAGE_SUFFIXES, load_image
 from .inference import Caption, Captioner
 from .settings import BOUNDS, DEFAULT_SETTINGS, STRATEGIES, CaptionSettings
 
+log = logging.getLogger("captioner.app")
 EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples"
 SETTING_NAMES = (
     "strategy", "max_length", "num_beams", "temperature", "top_k", "top_p",
@@ -196,7 +199,9 @@ class CaptionService:
         if len(image) == 1 and outputs[0] is not None:
             raise gr.Error(outputs[0], print_exception=False)
         if good:
+            started = time.perf_counter()
             results = self.captioner.caption([g[1] for g in good], [g[2] for g in good])
+            log.info("captioned a batch of %d in %.2f s", len(good), time.perf_counter() - started)
             for (index, _, _), captions in zip(good, results):
                 outputs[index] = format_captions(captions)
         return [outputs]
