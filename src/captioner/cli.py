@@ -67,7 +67,77 @@ def build_parser() -> argparse.ArgumentParser:
                          help="int8: opt-in CPU fast mode (not exact); bfloat16/float16: for GPUs")
     add_settings_arguments(caption)
     caption.set_defaults(handler=run_caption)
+
+    train = commands.add_parser("train", help="fine-tune on your own captions (imagefolder, COCO or Flickr)")
+    train.add_argument("--data", required=True, help="folder or file with images and captions (format detected)")
+    train.add_argument("--output", required=True, help="where the fine-tuned checkpoint is saved")
+    train.add_argument("--model", help="checkpoint to start from (default: $CAPTIONER_MODEL, then the model card's)")
+    train.add_argument("--encoder", help="with --decoder: a fresh model from two pretrained halves")
+    train.add_argument("--decoder")
+    train.add_argument("--epochs", type=float, default=3)
+    train.add_argument("--batch-size", type=int, default=8)
+    train.add_argument("--learning-rate", type=float, default=5e-5)
+    train.add_argument("--gradient-accumulation", type=int, default=1)
+    train.add_argument("--warmup-ratio", type=float, default=0.05)
+    train.add_argument("--scheduler", default="linear", help="transformers' lr_scheduler_type (linear, cosine, constant...)")
+    train.add_argument("--validation-share", type=float, default=0.1, help="share of images held out for validation")
+    train.add_argument("--max-target-length", type=int, default=32, help="caption tokens kept, EOS included")
+    train.add_argument("--staged-unfreezing", action="store_true",
+                       help="train cross-attention first, then the decoder, then everything (thirds of the epochs)")
+    train.add_argument("--seed", type=int, default=42)
+    train.add_argument("--resume", action="store_true", help="go on from the last checkpoint in OUTPUT/checkpoints")
+    train.set_defaults(handler=run_train)
+
+    evaluate = commands.add_parser("evaluate", help="BLEU-1..4, METEOR, ROUGE-L and CIDEr on a dataset")
+    evaluate.add_argument("--data", required=True)
+    evaluate.add_argument("--model", help="Hub id or local checkpoint directory")
+    evaluate.add_argument("--output", type=Path, default=Path("evaluation.csv"), help="per-image captions and references (CSV)")
+    evaluate.add_argument("--json", action="store_true", help="print only the JSON line")
+    evaluate.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "int8"])
+    add_settings_arguments(evaluate)
+    evaluate.set_defaults(handler=run_evaluate)
     return parser
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .data import load_dataset
+    from .training import TrainConfig, train
+
+    dataset = load_dataset(args.data)
+    print(dataset.report(), file=sys.stderr)
+    for row in dataset.skipped_rows:
+        print(f"  skipped {row}", file=sys.stderr)
+    config = TrainConfig(
+        data=args.data, output=args.output, model=args.model, encoder=args.encoder, decoder=args.decoder,
+        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+        gradient_accumulation=args.gradient_accumulation, warmup_ratio=args.warmup_ratio,
+        scheduler=args.scheduler, validation_share=args.validation_share,
+        max_target_length=args.max_target_length, staged_unfreezing=args.staged_unfreezing,
+        seed=args.seed, resume=args.resume,
+    )
+    summary = train(config, dataset)
+    print(json.dumps(summary))
+    print(f"saved to {summary['output']}; caption with it: python app.py --model {summary['output']}", file=sys.stderr)
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .data import load_dataset
+    from .evaluation import evaluate, format_table
+    from .inference import Captioner
+
+    dataset = load_dataset(args.data)
+    print(dataset.report(), file=sys.stderr)
+    captioner = Captioner.from_pretrained(args.model, dtype=args.dtype)
+    with tqdm(total=len(dataset.images), unit="image", file=sys.stderr) as bar:
+        result = evaluate(captioner, dataset, settings_from_arguments(args), args.output, progress=bar.update)
+    if not args.json:
+        print(format_table(result["metrics"]))
+        print(f"{result['images']} images; tokenizer: {result['tokenizer']}; per-image captions: {args.output}")
+    print(json.dumps({k: v for k, v in result.items() if k != "predictions"}))
+    return 0
 
 
 def run_caption(args: argparse.Namespace) -> int:

@@ -19,10 +19,13 @@ _M_MMAP_THRESHOLD = -3
 _M_ARENA_MAX = -8
 
 
-def tune_malloc(arena_max: int = 2, mmap_threshold: int = 128 * 1024, trim_threshold: int = 128 * 1024) -> bool:
+def tune_malloc(arena_max: int = 2, mmap_threshold: int | None = 128 * 1024, trim_threshold: int | None = 128 * 1024) -> bool:
     """Apply the settings; returns False where the C library is not glibc (nothing changed).
 
     Call it before threads start allocating (first thing in app.py): arenas already made stay.
+    Cost: with a fixed 128 KB mmap threshold every larger tensor is a fresh mapping, and on the
+    full-size model the app's in-handler time for one caption rose from about 1.2-1.6 s to
+    1.5-2.0 s (4 requests each, noisy); see the README's speed section.
     """
     if not sys.platform.startswith("linux"):
         return False
@@ -32,11 +35,5 @@ def tune_malloc(arena_max: int = 2, mmap_threshold: int = 128 * 1024, trim_thres
     except (OSError, AttributeError):
         return False  # musl and other C libraries have no mallopt
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    return all(
-        mallopt(option, value) == 1
-        for option, value in (
-            (_M_ARENA_MAX, arena_max),
-            (_M_MMAP_THRESHOLD, mmap_threshold),
-            (_M_TRIM_THRESHOLD, trim_threshold),
-        )
-    )
+    settings = [(_M_ARENA_MAX, arena_max), (_M_MMAP_THRESHOLD, mmap_threshold), (_M_TRIM_THRESHOLD, trim_threshold)]
+    return all(mallopt(option, value) == 1 for option, value in settings if value is not None)

@@ -1,0 +1,84 @@
+"""Standard caption metrics over a dataset, with captions from `Captioner.caption` (the app's code).
+
+Scorers are pycocoevalcap's (the COCO caption evaluation code): BLEU-1..4, ROUGE-L and CIDEr are
+pure Python; METEOR and the PTB tokenizer need Java and are used when `java` is on PATH (without
+it METEOR is left out and a plain lower-case/punctuation tokenizer stands in, which the report says).
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+import shutil
+from pathlib import Path
+
+from .data import CaptionDataset
+from .inference import Captioner
+from .settings import DEFAULT_SETTINGS, CaptionSettings
+
+METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
+
+
+def _simple_tokenize(text: str) -> str:
+    return " ".join(re.findall(r"[a-z0-9]+(?:'[a-z]+)?", text.lower()))
+
+
+def score_captions(predictions: dict[str, str], references: dict[str, list[str]]) -> tuple[dict, str]:
+    """Corpus-level metrics; keys are image ids. Returns (metrics, tokenizer used)."""
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    java = shutil.which("java") is not None
+    if java:
+        from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+        tokenizer = PTBTokenizer()
+        gts = tokenizer.tokenize({k: [{"caption": c} for c in v] for k, v in references.items()})
+        res = tokenizer.tokenize({k: [{"caption": predictions[k]}] for k in references})
+    else:
+        gts = {k: [_simple_tokenize(c) for c in v] for k, v in references.items()}
+        res = {k: [_simple_tokenize(predictions[k])] for k in references}
+    metrics: dict[str, float | None] = {}
+    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    for n, value in enumerate(bleu, 1):
+        metrics[f"BLEU-{n}"] = float(value)
+    metrics["METEOR"] = None
+    if java:
+        from pycocoevalcap.meteor.meteor import Meteor
+
+        meteor = Meteor()
+        metrics["METEOR"] = float(meteor.compute_score(gts, res)[0])
+        meteor.close() if hasattr(meteor, "close") else None
+    metrics["ROUGE-L"] = float(Rouge().compute_score(gts, res)[0])
+    metrics["CIDEr"] = float(Cider().compute_score(gts, res)[0])
+    return metrics, "PTB (Java)" if java else "simple (no Java: METEOR left out)"
+
+
+def evaluate(captioner: Captioner, dataset: CaptionDataset, settings: CaptionSettings = DEFAULT_SETTINGS,
+             csv_path: str | Path | None = None, batch: int = 64, progress=None) -> dict:
+    references = {str(image): captions for image, captions in dataset.references().items()}
+    images = list(references)
+    predictions: dict[str, str] = {}
+    for start in range(0, len(images), batch):
+        chunk = images[start : start + batch]
+        for image, captions in zip(chunk, captioner.caption(chunk, settings)):
+            predictions[image] = captions[0].text
+        if progress:
+            progress(len(chunk))
+    metrics, tokenizer = score_captions(predictions, references)
+    if csv_path:
+        with Path(csv_path).open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["image", "caption", "references"])
+            for image in images:
+                writer.writerow([image, predictions[image], " | ".join(references[image])])
+    return {"images": len(images), "metrics": metrics, "tokenizer": tokenizer, "predictions": predictions}
+
+
+def format_table(metrics: dict) -> str:
+    lines = [f"{'metric':<8} {'score':>7}"]
+    for name in METRICS:
+        value = metrics.get(name)
+        lines.append(f"{name:<8} {'n/a' if value is None else f'{value:.4f}':>7}")
+    return "\n".join(lines)

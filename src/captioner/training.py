@@ -1,0 +1,195 @@
+"""Fine-tuning with transformers' Seq2SeqTrainer: data, collation, staged unfreezing, saving.
+
+The Trainer does the loop (schedule, accumulation, mixed precision, checkpoints, resume, seed,
+progress bar); this module only adapts captions to it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .data import CaptionDataset
+from .images import load_image
+
+STAGES = ("cross-attention", "decoder", "all")
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    output: str
+    model: str | None = None
+    encoder: str | None = None
+    decoder: str | None = None
+    epochs: float = 3
+    batch_size: int = 8
+    learning_rate: float = 5e-5
+    gradient_accumulation: int = 1
+    warmup_ratio: float = 0.05
+    scheduler: str = "linear"
+    validation_share: float = 0.1
+    max_target_length: int = 32
+    staged_unfreezing: bool = False
+    seed: int = 42
+    resume: bool = False
+    progress: bool = True
+
+
+class CaptionTrainingSet(torch.utils.data.Dataset):
+    def __init__(self, dataset: CaptionDataset, image_processor, tokenizer, max_target_length: int) -> None:
+        self.examples = dataset.examples
+        self.image_processor = image_processor
+        self.tokenizer = tokenizer
+        self.max_target_length = max_target_length
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> dict:
+        example = self.examples[index]
+        pixels = self.image_processor(images=[load_image(example.image)], return_tensors="pt").pixel_values[0]
+        # GPT-2 has no BOS in its text: the decoder starts from decoder_start_token_id, and the
+        # caption ends with EOS so the model learns to stop.
+        ids = self.tokenizer(example.caption, truncation=True, max_length=self.max_target_length - 1).input_ids
+        return {"pixel_values": pixels, "labels": ids + [self.tokenizer.eos_token_id]}
+
+
+def collate(features: list[dict]) -> dict:
+    """Stack images; pad labels to the longest in the batch with -100 (ignored by the loss)."""
+    longest = max(len(f["labels"]) for f in features)
+    labels = torch.full((len(features), longest), -100, dtype=torch.long)
+    for row, feature in enumerate(features):
+        labels[row, : len(feature["labels"])] = torch.tensor(feature["labels"])
+    return {"pixel_values": torch.stack([f["pixel_values"] for f in features]), "labels": labels}
+
+
+def load_model_for_training(config: TrainConfig):
+    """A checkpoint (`--model`), or a fresh model from two pretrained halves (`--encoder --decoder`)."""
+    from transformers import AutoImageProcessor, AutoTokenizer, VisionEncoderDecoderModel
+
+    if config.encoder or config.decoder:
+        if not (config.encoder and config.decoder):
+            raise ValueError("--encoder and --decoder go together")
+        model = VisionEncoderDecoderModel.from_encoder_decoder_pretrained(config.encoder, config.decoder)
+        tokenizer = AutoTokenizer.from_pretrained(config.decoder)
+        image_processor = AutoImageProcessor.from_pretrained(config.encoder, backend="pil")
+    else:
+        from .inference import DEFAULT_MODEL
+
+        source = config.model or DEFAULT_MODEL
+        model = VisionEncoderDecoderModel.from_pretrained(source)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        image_processor = AutoImageProcessor.from_pretrained(source, backend="pil")
+    eos = tokenizer.eos_token_id
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    # The model card's special tokens: generation starts from and pads with EOS (GPT-2 has no BOS/PAD).
+    for target in (model.config, model.generation_config):
+        if getattr(target, "decoder_start_token_id", None) is None:
+            target.decoder_start_token_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos
+        if getattr(target, "pad_token_id", None) is None:
+            target.pad_token_id = eos
+        if getattr(target, "eos_token_id", None) is None:
+            target.eos_token_id = eos
+    return model, tokenizer, image_processor
+
+
+def trainable_parts(model, stage: str) -> None:
+    """Freeze all but the stage's parameters: cross-attention, then the decoder, then everything."""
+    for name, parameter in model.named_parameters():
+        if stage == "all":
+            parameter.requires_grad = True
+        elif stage == "decoder":
+            parameter.requires_grad = name.startswith("decoder.")
+        else:
+            parameter.requires_grad = "crossattention" in name or "ln_cross_attn" in name
+
+
+def stage_for_epoch(epoch: float, epochs: float) -> str:
+    return STAGES[min(int(3 * epoch / max(epochs, 1e-9)), 2)]
+
+
+def train(config: TrainConfig, dataset: CaptionDataset) -> dict:
+    """Fine-tune and save model, tokenizer, image processor and generation config to `output`."""
+    from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback, set_seed
+
+    set_seed(config.seed)
+    model, tokenizer, image_processor = load_model_for_training(config)
+    train_part, validation_part = dataset.split(config.validation_share, config.seed)
+    output = Path(config.output)
+    use_cuda = torch.cuda.is_available()
+    arguments = Seq2SeqTrainingArguments(
+        output_dir=str(output / "checkpoints"),
+        num_train_epochs=config.epochs,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=config.scheduler,
+        warmup_ratio=config.warmup_ratio,
+        eval_strategy="epoch" if validation_part.examples else "no",
+        save_strategy="epoch",
+        save_total_limit=2,
+        logging_strategy="epoch",
+        seed=config.seed,
+        fp16=use_cuda and not torch.cuda.is_bf16_supported(),
+        bf16=use_cuda and torch.cuda.is_bf16_supported(),
+        remove_unused_columns=False,
+        report_to="none",
+        disable_tqdm=not config.progress,
+        dataloader_num_workers=0,
+        use_cpu=not use_cuda,
+    )
+    history: list[dict] = []
+
+    class Stages(TrainerCallback):
+        def on_epoch_begin(self, args, state, control, **kwargs):
+            if config.staged_unfreezing:
+                stage = stage_for_epoch(state.epoch or 0, config.epochs)
+                trainable_parts(model, stage)
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            if metrics and "eval_loss" in metrics:
+                metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50))
+                history.append({"epoch": round(state.epoch or 0, 2), "loss": metrics["eval_loss"],
+                                "perplexity": metrics["eval_perplexity"]})
+                print(f"epoch {state.epoch:.0f}: validation loss {metrics['eval_loss']:.3f}, "
+                      f"perplexity {metrics['eval_perplexity']:.2f}", flush=True)
+
+    class AllParametersTrainer(Seq2SeqTrainer):
+        """Staged unfreezing thaws parameters later: the optimizer must know them from the start
+        (frozen ones have no gradient, so AdamW leaves them alone until then)."""
+
+        def create_optimizer(self, *args, **kwargs):
+            if self.optimizer is None and config.staged_unfreezing:
+                self.optimizer = torch.optim.AdamW(
+                    model.parameters(), lr=config.learning_rate, weight_decay=self.args.weight_decay
+                )
+            return super().create_optimizer(*args, **kwargs)
+
+    trainer = AllParametersTrainer(
+        model=model,
+        args=arguments,
+        train_dataset=CaptionTrainingSet(train_part, image_processor, tokenizer, config.max_target_length),
+        eval_dataset=CaptionTrainingSet(validation_part, image_processor, tokenizer, config.max_target_length)
+        if validation_part.examples else None,
+        data_collator=collate,
+        callbacks=[Stages()],
+    )
+    if config.staged_unfreezing:
+        trainable_parts(model, STAGES[0])
+    resume = config.resume and any((output / "checkpoints").glob("checkpoint-*"))
+    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    trainable_parts(model, "all")
+    trainer.save_model(str(output))
+    tokenizer.save_pretrained(output)
+    image_processor.save_pretrained(output)
+    model.generation_config.save_pretrained(output)
+    return {
+        "train_examples": len(train_part.examples), "validation_examples": len(validation_part.examples),
+        "train_loss": result.training_loss, "validation": history, "output": str(output),
+    }
