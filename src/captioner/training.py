@@ -130,7 +130,7 @@ def train(config: TrainConfig, dataset: CaptionDataset) -> dict:
         gradient_accumulation_steps=config.gradient_accumulation,
         learning_rate=config.learning_rate,
         lr_scheduler_type=config.scheduler,
-        warmup_ratio=config.warmup_ratio,
+        warmup_steps=config.warmup_ratio,  # a float below 1 is a share of the steps (transformers 5)
         eval_strategy="epoch" if validation_part.examples else "no",
         save_strategy="epoch",
         save_total_limit=2,
