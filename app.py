@@ -20,6 +20,8 @@ from captioner.memory import tune_malloc  # noqa: E402
 tune_malloc()  # before torch and gradio start threads: keeps a long-running server's RSS flat
 
 from captioner import Captioner, CaptionError  # noqa: E402
+from captioner.cli import PRECISION_HELP  # noqa: E402
+from captioner.inference import PRECISIONS  # noqa: E402
 from captioner.ui import AppLimits, build_demo  # noqa: E402
 
 
@@ -31,8 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     parser.add_argument("--share", action="store_true", help="ask Gradio for a temporary public link")
     parser.add_argument("--dtype", default=os.environ.get("CAPTIONER_DTYPE", "float32"),
-                        choices=["float32", "bfloat16", "float16", "int8"],
-                        help="int8: opt-in CPU fast mode (not exact); bfloat16/float16: for GPUs")
+                        choices=PRECISIONS, help=PRECISION_HELP)
     parser.add_argument("--max-batch-size", type=int, default=int(os.environ.get("CAPTIONER_MAX_BATCH_SIZE", AppLimits.max_batch_size)))
     parser.add_argument("--queue-size", type=int, default=int(os.environ.get("CAPTIONER_QUEUE_SIZE", AppLimits.queue_size)))
     parser.add_argument("--max-images", type=int, default=int(os.environ.get("CAPTIONER_MAX_IMAGES", AppLimits.max_images_per_request)))

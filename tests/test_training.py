@@ -107,7 +107,7 @@ def shapes_data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def fine_tuned(shapes_base, shapes_data, tmp_path_factory):
     output = tmp_path_factory.mktemp("fine-tuned")
-    config = TrainConfig(data=str(shapes_data / "train"), output=str(output), model=str(shapes_base),
+    config = TrainConfig(output=str(output), model=str(shapes_base),
                          epochs=15, batch_size=16, learning_rate=2e-3, validation_share=0.1, seed=0,
                          progress=False)
     summary = train(config, load_dataset(shapes_data / "train"))

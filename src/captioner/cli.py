@@ -32,6 +32,15 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
         )
 
 
+def add_precision_argument(parser: argparse.ArgumentParser) -> None:
+    from .inference import PRECISIONS
+
+    parser.add_argument("--dtype", default="float32", choices=PRECISIONS, help=PRECISION_HELP)
+
+
+PRECISION_HELP = "int8: opt-in CPU fast mode (not exact); bfloat16/float16: for GPUs"
+
+
 def settings_from_arguments(args: argparse.Namespace) -> CaptionSettings:
     return CaptionSettings(
         strategy=args.strategy, max_length=args.max_length, num_beams=args.num_beams,
@@ -63,8 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     caption.add_argument("--json", action="store_true", help="print JSON lines")
     caption.add_argument("--output", type=Path, help="also write results to a .csv or .jsonl file")
     caption.add_argument("--batch-size", type=int, default=FILE_BATCH)
-    caption.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "int8"],
-                         help="int8: opt-in CPU fast mode (not exact); bfloat16/float16: for GPUs")
+    add_precision_argument(caption)
     add_settings_arguments(caption)
     caption.set_defaults(handler=run_caption)
 
@@ -93,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--model", help="Hub id or local checkpoint directory")
     evaluate.add_argument("--output", type=Path, default=Path("evaluation.csv"), help="per-image captions and references (CSV)")
     evaluate.add_argument("--json", action="store_true", help="print only the JSON line")
-    evaluate.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "int8"])
+    add_precision_argument(evaluate)
     add_settings_arguments(evaluate)
     evaluate.set_defaults(handler=run_evaluate)
     return parser
@@ -108,7 +116,7 @@ def run_train(args: argparse.Namespace) -> int:
     for row in dataset.skipped_rows:
         print(f"  skipped {row}", file=sys.stderr)
     config = TrainConfig(
-        data=args.data, output=args.output, model=args.model, encoder=args.encoder, decoder=args.decoder,
+        output=args.output, model=args.model, encoder=args.encoder, decoder=args.decoder,
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
         gradient_accumulation=args.gradient_accumulation, warmup_ratio=args.warmup_ratio,
         scheduler=args.scheduler, validation_share=args.validation_share,

@@ -69,7 +69,7 @@ class CaptionDataset:
         return CaptionDataset(train, self.format), CaptionDataset(validation, self.format)
 
 
-def load_dataset(data: str | Path, check_images: bool = True) -> CaptionDataset:
+def load_dataset(data: str | Path) -> CaptionDataset:
     """Read any supported layout; rows with a missing file, an unreadable image or an empty
     caption are counted in `skipped` and left out."""
     path = Path(data).expanduser()
@@ -85,7 +85,7 @@ def load_dataset(data: str | Path, check_images: bool = True) -> CaptionDataset:
             reason = "empty caption"
         elif image is None or not image.is_file():
             reason = "missing image file"
-        elif check_images:
+        else:
             if image not in checked:
                 checked[image] = _unreadable(image)
             reason = checked[image]

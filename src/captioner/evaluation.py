@@ -47,9 +47,7 @@ def score_captions(predictions: dict[str, str], references: dict[str, list[str]]
     if java:
         from pycocoevalcap.meteor.meteor import Meteor
 
-        meteor = Meteor()
-        metrics["METEOR"] = float(meteor.compute_score(gts, res)[0])
-        meteor.close() if hasattr(meteor, "close") else None
+        metrics["METEOR"] = float(Meteor().compute_score(gts, res)[0])  # its __del__ ends the Java process
     metrics["ROUGE-L"] = float(Rouge().compute_score(gts, res)[0])
     metrics["CIDEr"] = float(Cider().compute_score(gts, res)[0])
     return metrics, "PTB (Java)" if java else "simple (no Java: METEOR left out)"

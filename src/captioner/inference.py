@@ -96,11 +96,11 @@ class Captioner:
         if dtype not in PRECISIONS:
             raise ModelLoadError(f"dtype must be one of {', '.join(PRECISIONS)}; got {dtype!r}")
         if dtype == "int8":
-            options["int8"] = True
+            if device not in (None, "cpu"):
+                raise ModelLoadError("dtype int8 (dynamic quantization) runs on the CPU only")
+            options["int8"], device = True, "cpu"
         _check_source(source)
-        if dtype == "int8" and device not in (None, "cpu"):
-            raise ModelLoadError("dtype int8 (dynamic quantization) runs on the CPU only")
-        device = device or ("cuda" if torch.cuda.is_available() and dtype != "int8" else "cpu")
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         from transformers import (
             AutoConfig,
             AutoImageProcessor,

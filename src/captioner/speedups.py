@@ -126,6 +126,24 @@ class GroupedCrossAttention(nn.Module):
         return states.view(*states.shape[:2], self.num_heads, self.head_dim).transpose(1, 2)
 
 
+def _replace_modules(root: nn.Module, kind: type, make) -> int:
+    """Swap every `kind` submodule of `root` for `make(old)`; returns how many were swapped."""
+    swapped = 0
+    for parent in list(root.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, kind):
+                setattr(parent, name, make(child))
+                swapped += 1
+    return swapped
+
+
+def _conv1d_as_linear(layer) -> nn.Linear:
+    linear = nn.Linear(layer.weight.shape[0], layer.weight.shape[1])
+    linear.weight.data = layer.weight.data.t().contiguous()  # Conv1D stores W as (in, out)
+    linear.bias.data = layer.bias.data
+    return linear
+
+
 def quantize_int8(model) -> int:
     """Opt-in fast mode: int8 weights (dynamic quantization) for every linear layer, CPU only.
 
@@ -134,13 +152,7 @@ def quantize_int8(model) -> int:
     """
     from transformers.pytorch_utils import Conv1D
 
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, Conv1D):
-                linear = nn.Linear(child.weight.shape[0], child.weight.shape[1])
-                linear.weight.data = child.weight.data.t().contiguous()
-                linear.bias.data = child.bias.data
-                setattr(parent, name, linear)
+    _replace_modules(model, Conv1D, _conv1d_as_linear)
     decoder = model.decoder
     if isinstance(decoder.lm_head, nn.Linear):  # untie from the embedding before quantizing
         lm_head = nn.Linear(decoder.lm_head.in_features, decoder.lm_head.out_features, bias=False)
@@ -189,12 +201,7 @@ def speed_up(model, int8: bool = False) -> SpeedupReport:
 
     if int8:
         return SpeedupReport(quantize_int8(model), grouped, skipped)
-    packed = 0
-    for parent in list(decoder.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, Conv1D):
-                setattr(parent, name, PackedLinear.from_conv1d(child))
-                packed += 1
+    packed = _replace_modules(decoder, Conv1D, PackedLinear.from_conv1d)
     if isinstance(getattr(decoder, "lm_head", None), nn.Linear):
         # Tied to the token embedding, which stays for the lookup: the packed copy costs 150 MB.
         decoder.lm_head = PackedLinear.from_linear(decoder.lm_head)

@@ -20,7 +20,6 @@ STAGES = ("cross-attention", "decoder", "all")
 
 @dataclass
 class TrainConfig:
-    data: str
     output: str
     model: str | None = None
     encoder: str | None = None

@@ -189,22 +189,35 @@ class CaptionService:
                           repetition_penalty, no_repeat_ngram_size, num_captions, seed)
         # Validation already refused bad requests; anything that still fails here (a file purged
         # meanwhile) fails only its own request, never its batch-mates.
-        outputs: list[str | None] = [None] * len(image)
-        good: list[tuple[int, Any, CaptionSettings]] = []
-        for index, (path, *values) in enumerate(zip(image, *settings_lists)):
-            try:
-                good.append((index, self._decode(path), settings_from_widgets(*values)))
-            except CaptionError as error:
-                outputs[index] = f"Could not caption this image: {error}"
-        if len(image) == 1 and outputs[0] is not None:
+        requests = list(zip(image, *settings_lists))
+        results = self._caption_each(
+            len(requests), lambda i: (self._decode(requests[i][0]), settings_from_widgets(*requests[i][1:]))
+        )
+        outputs = [
+            f"Could not caption this image: {r}" if isinstance(r, CaptionError) else format_captions(r)
+            for r in results
+        ]
+        if len(outputs) == 1 and isinstance(results[0], CaptionError):
             raise gr.Error(outputs[0], print_exception=False)
-        if good:
-            started = time.perf_counter()
-            results = self.captioner.caption([g[1] for g in good], [g[2] for g in good])
-            log.info("captioned a batch of %d in %.2f s", len(good), time.perf_counter() - started)
-            for (index, _, _), captions in zip(good, results):
-                outputs[index] = format_captions(captions)
         return [outputs]
+
+    def _caption_each(self, count: int, prepare) -> list[list[Caption] | CaptionError]:
+        """Caption `count` items, `prepare(i)` giving item i's (image, settings); an item whose
+        preparation fails gets its CaptionError in its place and the others are captioned together."""
+        results: list[list[Caption] | CaptionError | None] = [None] * count
+        ready: list[tuple[int, Any, CaptionSettings]] = []
+        for index in range(count):
+            try:
+                ready.append((index, *prepare(index)))
+            except CaptionError as error:
+                results[index] = error
+        if ready:
+            started = time.perf_counter()
+            captions = self.captioner.caption([r[1] for r in ready], [r[2] for r in ready])
+            log.info("captioned a batch of %d in %.2f s", len(ready), time.perf_counter() - started)
+            for (index, _, _), image_captions in zip(ready, captions):
+                results[index] = image_captions
+        return results  # type: ignore[return-value]
 
     def _decode(self, image: str | None):
         if image is None:
@@ -224,19 +237,13 @@ class CaptionService:
                 )
         except CaptionError as error:
             raise gr.Error(str(error), print_exception=False) from None
+        results = self._caption_each(len(files), lambda i: (self._decode(files[i]), settings))
         rows: list[dict[str, str]] = []
-        good: list[tuple[int, Any]] = []
-        for path in files:
-            name = Path(path).name
-            try:
-                good.append((len(rows), self._decode(path)))
-                rows.append({"file": name, "caption": ""})
-            except CaptionError as error:
-                rows.append({"file": name, "caption": "", "error": str(error)})
-        if good:
-            results = self.captioner.caption([image for _, image in good], settings)
-            for (index, _), captions in zip(good, results):
-                rows[index]["caption"] = captions[0].text
+        for path, result in zip(files, results):
+            if isinstance(result, CaptionError):
+                rows.append({"file": Path(path).name, "caption": "", "error": str(result)})
+            else:
+                rows.append({"file": Path(path).name, "caption": result[0].text})
         table = [[r["file"], r["caption"] or f"(not captioned: {r['error']})"] for r in rows]
         return table, *write_downloads(rows)
 
