@@ -3,7 +3,7 @@
 With many request threads, glibc gives each its own malloc arena, and its dynamic mmap threshold
 rises after PyTorch frees large tensors, so later tensors come from arenas that are never returned.
 Resident memory then climbs for hundreds of requests before it levels off (measured with
-bench/load.py: +18% from request 100 to 1000 by default, +7% with these settings). The same knobs
+bench/load.py: +18% from request 100 to 1000 by default, +4.6% with these settings). The same knobs
 as MALLOC_ARENA_MAX / MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_, set from Python because
 Spaces starts `python app.py` with an environment we do not control.
 """
