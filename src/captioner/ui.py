@@ -26,6 +26,7 @@ import gradio as gr
 from .errors import CaptionError, InvalidSettings, RequestTooLarge
 from .images import IMAGE_SUFFIXES, load_image
 from .inference import Caption, Captioner
+from .memory import release_free_memory
 from .settings import BOUNDS, DEFAULT_SETTINGS, STRATEGIES, CaptionSettings
 
 log = logging.getLogger("captioner.app")
@@ -215,6 +216,7 @@ class CaptionService:
             started = time.perf_counter()
             captions = self.captioner.caption([r[1] for r in ready], [r[2] for r in ready])
             log.info("captioned a batch of %d in %.2f s", len(ready), time.perf_counter() - started)
+            release_free_memory()  # freed activations back to the OS: RSS stays flat (memory.py)
             for (index, _, _), image_captions in zip(ready, captions):
                 results[index] = image_captions
         return results  # type: ignore[return-value]
