@@ -7,6 +7,9 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import io
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -86,3 +89,13 @@ def running_app(captioner, tiny_checkpoint):
     served = RunningApp(captioner)
     yield served
     served.close()
+
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def run_cli(*args, env=None):
+    environment = {**os.environ, "PYTHONPATH": SRC, "HF_HUB_OFFLINE": "1", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "captioner", *args], capture_output=True, text=True, env=environment, timeout=300
+    )

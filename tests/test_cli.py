@@ -1,17 +1,12 @@
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from captioner.cli import main
-from conftest import photo
+from conftest import photo, run_cli
 from reference import ModelCardReference
-
-SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 @pytest.fixture
@@ -22,13 +17,6 @@ def folder(tmp_path):
     (tmp_path / "nested" / "broken.jpg").write_bytes(b"not an image")
     (tmp_path / "notes.txt").write_text("ignored: not an image suffix")
     return tmp_path
-
-
-def run_cli(*args, env=None):
-    environment = {**os.environ, "PYTHONPATH": SRC, "HF_HUB_OFFLINE": "1", **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "captioner", *args], capture_output=True, text=True, env=environment, timeout=300
-    )
 
 
 def test_json_caption_equals_model_card_code(tiny_checkpoint, tmp_path):

@@ -14,7 +14,7 @@ from captioner.data import DatasetError, load_dataset
 from captioner.evaluation import evaluate
 from captioner.training import TrainConfig, stage_for_epoch, train, trainable_parts
 from captioner.checkpoints import build_image_processor
-from conftest import RunningApp
+from conftest import RunningApp, run_cli
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 220), "yellow": (240, 220, 20)}
 SHAPES = ("circle", "square", "triangle")
@@ -229,3 +229,105 @@ def test_split_keeps_each_images_captions_together(little_set):
     write_metadata(root / "images", rows + [(rows[0][0], "x y z"), (rows[2][0], "z y x")])
     train_part, validation = load_dataset(root / "images").split(0.25, seed=0)
     assert validation.examples and not set(train_part.images) & set(validation.images)
+
+
+# --- the command line, two pretrained halves, accumulation, resume ---
+
+@pytest.fixture(scope="module")
+def small_shapes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("small-shapes")
+    write_metadata(root / "train", make_shapes(root / "train", 40, seed=4))
+    write_metadata(root / "test", make_shapes(root / "test", 6, seed=5))
+    return root
+
+
+@pytest.fixture(scope="module")
+def halves(tmp_path_factory):
+    """A pretrained-style ViT encoder (with its image processor) and GPT-2 LM (with its tokenizer)."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel, ViTConfig, ViTModel
+
+    root = tmp_path_factory.mktemp("halves")
+    tokenizer = build_tokenizer("tiny", corpus=[WORDS])
+    torch.manual_seed(0)
+    vit = ViTConfig(image_size=64, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                    intermediate_size=64)
+    ViTModel(vit, add_pooling_layer=False).save_pretrained(root / "encoder")
+    build_image_processor(64).save_pretrained(root / "encoder")
+    gpt2 = GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=1, n_head=2,
+                      bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+    GPT2LMHeadModel(gpt2).save_pretrained(root / "decoder")
+    tokenizer.save_pretrained(root / "decoder")
+    return root / "encoder", root / "decoder"
+
+
+def last_trainer_state(output) -> dict:
+    checkpoints = sorted((output / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    return json.loads((checkpoints[-1] / "trainer_state.json").read_text())
+
+
+def test_cli_trains_two_pretrained_halves_with_accumulation_then_evaluates(halves, small_shapes, tmp_path):
+    from transformers import VisionEncoderDecoderModel
+
+    encoder, decoder = halves
+    output = tmp_path / "model"
+    result = run_cli("train", "--data", str(small_shapes / "train"), "--output", str(output),
+                     "--encoder", str(encoder), "--decoder", str(decoder), "--epochs", "2", "--batch-size", "4",
+                     "--gradient-accumulation", "3", "--validation-share", "0.2", "--learning-rate", "1e-3")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["train_examples"] + summary["validation_examples"] == 40
+    assert [round(h["epoch"]) for h in summary["validation"]] == [1, 2]
+    # 3 batches of 4 make one optimizer step (the last, short group counts as one too).
+    steps_per_epoch = -(-(-(-summary["train_examples"] // 4)) // 3)
+    assert last_trainer_state(output)["global_step"] == 2 * steps_per_epoch
+
+    model = VisionEncoderDecoderModel.from_pretrained(output)
+    assert model.config.encoder.model_type == "vit" and model.config.decoder.model_type == "gpt2"
+    assert model.config.decoder.add_cross_attention and model.config.decoder.is_decoder
+    assert model.generation_config.decoder_start_token_id == model.generation_config.eos_token_id
+
+    table = tmp_path / "evaluation.csv"
+    result = run_cli("evaluate", "--data", str(small_shapes / "test"), "--model", str(output),
+                     "--output", str(table), "--strategy", "greedy", "--max-length", "12")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    report = json.loads(lines[-1])
+    assert report["images"] == 6 and set(report["metrics"]) >= {"BLEU-1", "BLEU-4", "ROUGE-L", "CIDEr"}
+    assert any(line.startswith("CIDEr") for line in lines[:-1])  # the table
+    rows = list(csv.DictReader(table.open()))
+    captioner = Captioner.from_pretrained(output)
+    same = captioner.caption([rows[0]["image"]], CaptionSettings(strategy="greedy", max_length=12))[0][0].text
+    assert len(rows) == 6 and rows[0]["caption"] == same  # the CSV holds the app's own captions
+
+
+def test_resume_goes_on_from_the_last_checkpoint_as_if_never_stopped(shapes_base, small_shapes, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    dataset = load_dataset(small_shapes / "train")
+
+    def run(output, epochs, resume=False):
+        # A constant rate, so stopping after epoch 1 does not change the schedule of epoch 1.
+        config = TrainConfig(output=str(output), model=str(shapes_base), epochs=epochs, batch_size=8,
+                             learning_rate=1e-3, warmup_ratio=0, scheduler="constant", seed=0,
+                             progress=False, resume=resume)
+        return train(config, dataset)
+
+    straight = run(tmp_path / "straight", 2)
+    run(tmp_path / "stopped", 1)
+    resumed = run(tmp_path / "stopped", 2, resume=True)
+    assert [round(h["epoch"]) for h in resumed["validation"]] == [2]  # epoch 1 was not trained again
+    assert last_trainer_state(tmp_path / "stopped")["global_step"] == last_trainer_state(tmp_path / "straight")["global_step"]
+    assert resumed["validation"][-1]["loss"] == pytest.approx(straight["validation"][-1]["loss"], rel=1e-4)
+    ours, theirs = (load_file(tmp_path / name / "model.safetensors") for name in ("stopped", "straight"))
+    assert ours.keys() == theirs.keys()
+    assert all(torch.allclose(ours[k], theirs[k], atol=1e-5) for k in ours)
+
+
+def test_resume_without_a_checkpoint_starts_from_the_beginning(shapes_base, small_shapes, tmp_path, capsys):
+    config = TrainConfig(output=str(tmp_path / "fresh"), model=str(shapes_base), epochs=1, batch_size=8,
+                         seed=0, progress=False, resume=True)
+    summary = train(config, load_dataset(small_shapes / "train"))
+    assert "no checkpoint" in capsys.readouterr().out
+    assert (tmp_path / "fresh" / "model.safetensors").exists() and summary["validation"]

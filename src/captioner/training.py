@@ -68,12 +68,19 @@ def collate(features: list[dict]) -> dict:
 
 def load_model_for_training(config: TrainConfig):
     """A checkpoint (`--model`), or a fresh model from two pretrained halves (`--encoder --decoder`)."""
-    from transformers import AutoImageProcessor, AutoTokenizer, VisionEncoderDecoderModel
+    from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, VisionEncoderDecoderModel
 
     if config.encoder or config.decoder:
         if not (config.encoder and config.decoder):
             raise ValueError("--encoder and --decoder go together")
-        model = VisionEncoderDecoderModel.from_encoder_decoder_pretrained(config.encoder, config.decoder)
+        # transformers 5.23 reads `decoder_config.is_decoder`, which GPT2Config no longer has, and
+        # fails on a plain GPT-2; a config that already asks for cross-attention skips that check.
+        decoder_config = AutoConfig.from_pretrained(config.decoder)
+        decoder_config.is_decoder = True
+        decoder_config.add_cross_attention = True
+        model = VisionEncoderDecoderModel.from_encoder_decoder_pretrained(
+            config.encoder, config.decoder, decoder_config=decoder_config
+        )
         tokenizer = AutoTokenizer.from_pretrained(config.decoder)
         image_processor = AutoImageProcessor.from_pretrained(config.encoder, backend="pil")
     else:
@@ -170,6 +177,14 @@ def train(config: TrainConfig, dataset: CaptionDataset) -> dict:
                 )
             return super().create_optimizer(*args, **kwargs)
 
+        def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+            # transformers 5.23's Trainer resumes with a raw load_state_dict of checkpoint-*/model.safetensors,
+            # where save_pretrained wrote ViT's weights under their legacy names: they would be reported
+            # missing and silently stay at their starting values. from_pretrained maps the names back.
+            target = getattr(model, "module", model) if model is not None else self.model
+            saved = type(self.model).from_pretrained(resume_from_checkpoint)
+            target.load_state_dict(saved.state_dict(), strict=True)
+
     trainer = AllParametersTrainer(
         model=model,
         args=arguments,
@@ -182,6 +197,8 @@ def train(config: TrainConfig, dataset: CaptionDataset) -> dict:
     if config.staged_unfreezing:
         trainable_parts(model, STAGES[0])
     resume = config.resume and any((output / "checkpoints").glob("checkpoint-*"))
+    if config.resume and not resume:
+        print(f"no checkpoint in {output / 'checkpoints'} yet: starting from the beginning", flush=True)
     result = trainer.train(resume_from_checkpoint=True if resume else None)
     trainable_parts(model, "all")
     trainer.save_model(str(output))
