@@ -97,7 +97,7 @@ def shapes_base(tmp_path_factory):
 @pytest.fixture(scope="module")
 def shapes_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("shapes")
-    train_rows = make_shapes(root / "train", 480, seed=1)
+    train_rows = make_shapes(root / "train", 2400, seed=1)
     write_metadata(root / "train", train_rows)
     test_rows = make_shapes(root / "test", 24, seed=2)
     write_metadata(root / "test", test_rows, kind="csv")
@@ -108,7 +108,7 @@ def shapes_data(tmp_path_factory):
 def fine_tuned(shapes_base, shapes_data, tmp_path_factory):
     output = tmp_path_factory.mktemp("fine-tuned")
     config = TrainConfig(output=str(output), model=str(shapes_base),
-                         epochs=15, batch_size=16, learning_rate=2e-3, validation_share=0.1, seed=0,
+                         epochs=10, batch_size=16, learning_rate=2e-3, validation_share=0.1, seed=0,
                          progress=False)
     summary = train(config, load_dataset(shapes_data / "train"))
     return output, summary
@@ -126,8 +126,9 @@ def test_fine_tuning_learns_the_synthetic_captions(shapes_base, shapes_data, fin
     right_after = sum(names_right_thing(after["predictions"][str(k)], r) for k, r in references.items())
     right_before = sum(names_right_thing(before["predictions"][str(k)], r) for k, r in references.items())
     sample = list(after["predictions"].values())[:6]
-    assert right_after >= 0.6 * len(references) and right_before <= 0.2 * len(references), (right_after, sample)
-    assert after["metrics"]["BLEU-4"] > 0.5 > before["metrics"]["BLEU-4"] + 0.3, (after["metrics"], before["metrics"])
+    # Measured: 24 of 24 (and 60 of 60 on a larger held-out draw); untrained: none.
+    assert right_after >= 0.9 * len(references) and right_before <= 0.2 * len(references), (right_after, sample)
+    assert after["metrics"]["BLEU-4"] > 0.8 > before["metrics"]["BLEU-4"] + 0.5, (after["metrics"], before["metrics"])
     rows = list(csv.DictReader((output / "eval.csv").open()))
     assert len(rows) == len(references) and all(r["references"] for r in rows)
 
@@ -139,12 +140,13 @@ def test_the_app_serves_the_fine_tuned_checkpoint(fine_tuned, shapes_data, tmp_p
     captioner = Captioner.from_pretrained(output)
     app = RunningApp(captioner)
     try:
-        image = tmp_path / "held-out.png"
-        draw("blue", "square", "white", random.Random(7)).save(image)
-        caption = app.client().predict(handle_file(str(image)), api_name="/caption")
-        # The grammar and the colours are learned reliably; shapes about 75% of the time (see above).
-        assert caption == captioner.caption([image])[0][0].text
-        assert caption.startswith("a blue ") and caption.endswith("on a white background"), caption
+        client = app.client()
+        for colour, shape, background in [("blue", "square", "white"), ("yellow", "triangle", "black")]:
+            image = tmp_path / f"held-out-{shape}.png"
+            draw(colour, shape, background, random.Random(7)).save(image)  # not in the training draw
+            caption = client.predict(handle_file(str(image)), api_name="/caption")
+            assert caption == f"a {colour} {shape} on a {background} background"
+            assert caption == captioner.caption([image])[0][0].text  # the same code as the core
     finally:
         app.close()
 
