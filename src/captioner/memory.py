@@ -5,7 +5,8 @@ those arenas: resident memory then climbs for hundreds of requests before it lev
 (the MALLOC_ARENA_MAX knob, set from Python because Spaces starts `python app.py` with an
 environment we do not control) and a `malloc_trim` after every batch keep it flat, measured with
 `python bench/load.py` (64 clients, 1000 requests, tiny checkpoint): +18% from request 100 to 1000
-with glibc defaults, +7.7% with two arenas alone, +2.0% and -2.5% (two runs) with the trim too.
+with glibc defaults, +7.7% with two arenas alone, and +2.0%, -2.5% and -2.4% (three runs) with the
+trim too.
 
 A fixed 128 KB mmap threshold, tried first, also kept it flat (+4.6%) but made every larger tensor
 a fresh mapping: a batch of 8 full-size captions took 6.9-7.8 s instead of 4.1-5.3 s.
