@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import collections
 import csv
 import dataclasses
 import json
@@ -154,7 +155,8 @@ class CaptionService:
             max_pixels=limits.max_megapixels * 1_000_000,
         )
         self._decode_slots = threading.BoundedSemaphore(limits.decode_workers)
-        self.batch_sizes: list[int] = []  # the batches the queue formed, for tests and the bench
+        # batch size -> batches the queue formed (bounded, unlike a list, on a server that runs for weeks)
+        self.batch_sizes: collections.Counter[int] = collections.Counter()
 
     def validate(self, image, strategy, max_length, num_beams, temperature, top_k, top_p,
                  repetition_penalty, no_repeat_ngram_size, num_captions, seed):
@@ -185,7 +187,7 @@ class CaptionService:
 
         Each argument is a list with one value per queued request; returns one list of captions.
         """
-        self.batch_sizes.append(len(image))
+        self.batch_sizes[len(image)] += 1
         settings_lists = (strategy, max_length, num_beams, temperature, top_k, top_p,
                           repetition_penalty, no_repeat_ngram_size, num_captions, seed)
         # Validation already refused bad requests; anything that still fails here (a file purged
