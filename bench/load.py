@@ -99,31 +99,39 @@ def run_load(url: str, images: list[str], clients: int = 64, requests: int = 100
     }
 
 
+def launch_app(app_args: list[str], log_path: Path | None = None, timeout_s: float = 600) -> tuple[subprocess.Popen, str]:
+    """app.py in its own process on a free loopback port, offline; returns once it answers HTTP."""
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    log = log_path.open("w") if log_path else subprocess.DEVNULL
+    process = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--port", str(port), *app_args],
+                               env=env, stdout=log, stderr=subprocess.STDOUT)
+    if log_path:
+        log.close()  # the child keeps its own copy
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return process, url
+        except httpx.HTTPError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise SystemExit("the app did not start" + (f"; see {log_path}" if log_path else "")) from None
+            time.sleep(0.2)
+
+
 def start_app(size: str, queue_size: int) -> tuple[subprocess.Popen, str, tempfile.TemporaryDirectory]:
     from captioner.checkpoints import save_random_checkpoint
 
     workdir = tempfile.TemporaryDirectory()
     checkpoint = save_random_checkpoint(Path(workdir.name) / "model", size, seed=0)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
-    process = subprocess.Popen(
-        [sys.executable, str(ROOT / "app.py"), "--model", str(checkpoint), "--port", str(port),
-         "--queue-size", str(queue_size)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}/"
-    import httpx
-
-    for _ in range(600):
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return process, url, workdir
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    process.kill()
-    raise SystemExit("the app did not start")
+    process, url = launch_app(["--model", str(checkpoint), "--queue-size", str(queue_size)])
+    return process, url, workdir
 
 
 def main() -> None:

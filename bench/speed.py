@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import threading
@@ -124,30 +123,16 @@ def direct(captioner: Captioner, images: list[str], single: list[str]) -> dict:
 def run_app(checkpoint: Path, images: list[str], single: list[str], clients: int, requests: int,
             dtype: str, max_batch_size: int, log_path: Path) -> dict:
     """app.py in its own process; cold start, single-request latency, then `clients` at once."""
-    import httpx
     from gradio_client import Client, handle_file
 
-    with __import__("socket").socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    started = time.perf_counter()
-    with log_path.open("w") as log:
-        server = subprocess.Popen(
-            [sys.executable, str(ROOT / "app.py"), "--model", str(checkpoint), "--port", str(port),
-             "--dtype", dtype, "--max-batch-size", str(max_batch_size), "--queue-size", "256"],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ},
-        )
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        while True:
-            try:
-                if httpx.get(url, timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                if server.poll() is not None or time.perf_counter() - started > 600:
-                    raise SystemExit(f"the app did not start; see {log_path}")
-                time.sleep(0.2)
+    from load import launch_app
 
+    started = time.perf_counter()
+    server, url = launch_app(
+        ["--model", str(checkpoint), "--dtype", dtype, "--max-batch-size", str(max_batch_size), "--queue-size", "256"],
+        log_path,
+    )
+    try:
         def caption(client, path: str) -> str:
             return client.predict(handle_file(path), max_length=SETTINGS.max_length, api_name="/caption")
 
