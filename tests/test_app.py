@@ -38,6 +38,14 @@ def test_importing_app_exposes_demo_without_serving(running_app):
     assert isinstance(app.demo, gr.Blocks) and not app.demo.is_running
 
 
+def test_the_running_queue_polls_every_20_ms_not_every_1_ms(running_app):
+    from captioner.ui import QUEUE_POLL_S
+
+    queue = running_app.demo._queue  # the queue launch() serves with, not a copy
+    assert queue.sleep_when_free == QUEUE_POLL_S == 0.02
+    assert queue.progress_update_sleep_when_free >= 0.1
+
+
 def test_api_documents_caption_with_named_defaulted_settings(client):
     parameters = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/caption"]["parameters"]
     names = [p["parameter_name"] for p in parameters]
