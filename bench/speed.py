@@ -5,8 +5,12 @@ cross-attention, vocabulary 50257) with seeded random weights built here (speed 
 weight values); beam search with 4 beams; every caption exactly 16 new tokens (the checkpoint's
 generation config sets min_new_tokens=16 and the requests max_length=17, so EOS is masked).
 
-    python bench/speed.py                      # CPU: baseline, Captioner, the app with 16 clients, int8
+    python bench/speed.py                          # CPU: baseline, Captioner, app.py with 16 clients, int8
     python bench/speed.py --device cuda --no-app   # GPU: baseline vs fp32/fp16/bf16 batches
+
+Paths are measured in turn, round after round (--rounds), so every ratio compares runs that shared
+the same stretches of machine time: on a noisy VM a path measured a minute after another can run
+15% faster or slower for reasons of its own. An app server not being measured is paused (SIGSTOP).
 
 Prints a table and one JSON line. Every ratio is against the baseline measured in the same run.
 """
@@ -14,9 +18,11 @@ Prints a table and one JSON line. Every ratio is against the baseline measured i
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import re
+import signal
 import sys
 import tempfile
 import threading
@@ -39,8 +45,8 @@ NEW_TOKENS = 16
 SETTINGS = CaptionSettings(max_length=NEW_TOKENS + 1, num_beams=4)  # max_length counts the start token
 
 
-def build_checkpoint(directory: Path) -> Path:
-    checkpoint = save_random_checkpoint(directory / "vit-gpt2-full-random", "full", seed=0)
+def build_checkpoint(directory: Path, size: str = "full") -> Path:
+    checkpoint = save_random_checkpoint(directory / f"vit-gpt2-{size}-random", size, seed=0)
     from transformers import GenerationConfig
 
     config = GenerationConfig.from_pretrained(checkpoint)
@@ -64,33 +70,150 @@ def build_images(directory: Path, count: int) -> list[str]:
     return paths[:count]
 
 
-def model_card_baseline(checkpoint: Path, images: list[str], device: str) -> dict:
-    """The model card's code, one request at a time, stock transformers, fp32."""
-    from transformers import AutoTokenizer, ViTImageProcessor, VisionEncoderDecoderModel
+class ModelCard:
+    """The baseline: the model card's code, one request at a time, stock transformers, fp32."""
 
-    model = VisionEncoderDecoderModel.from_pretrained(checkpoint).to(device).eval()
-    feature_extractor = ViTImageProcessor.from_pretrained(checkpoint)
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    name = "baseline: model card code, one at a time, fp32"
+    batched = False
 
-    def predict(path: str) -> tuple[str, int]:
+    def __init__(self, checkpoint: Path, device: str) -> None:
+        from transformers import AutoTokenizer, ViTImageProcessor, VisionEncoderDecoderModel
+
+        self.device = device
+        self.model = VisionEncoderDecoderModel.from_pretrained(checkpoint).to(device).eval()
+        self.feature_extractor = ViTImageProcessor.from_pretrained(checkpoint)
+        self.tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+
+    def caption_one(self, path: str) -> str:
         image = Image.open(path).convert("RGB")
-        pixel_values = feature_extractor(images=[image], return_tensors="pt").pixel_values.to(device)
+        pixel_values = self.feature_extractor(images=[image], return_tensors="pt").pixel_values.to(self.device)
         with torch.no_grad():
-            output_ids = model.generate(pixel_values, max_length=NEW_TOKENS + 1, num_beams=4)
-        return tokenizer.batch_decode(output_ids, skip_special_tokens=True)[0].strip(), output_ids.shape[1] - 1
+            output_ids = self.model.generate(pixel_values, max_length=NEW_TOKENS + 1, num_beams=4)
+        _sync(self.device)
+        new_tokens = output_ids.shape[1] - 1
+        assert new_tokens == NEW_TOKENS, f"captions must be exactly {NEW_TOKENS} new tokens, got {new_tokens}"
+        return self.tokenizer.batch_decode(output_ids, skip_special_tokens=True)[0].strip()
 
-    predict(images[0])  # warm-up
-    latencies, captions, lengths = [], [], set()
-    for path in images:
+    def warm_up(self, images: list[str]) -> None:
+        self.caption_one(images[0])
+
+    def pause(self) -> None: ...
+
+    def resume(self) -> None: ...
+
+
+class Direct:
+    """Captioner.caption in this process: the inference core without the app around it."""
+
+    batched = True
+
+    def __init__(self, checkpoint: Path, device: str, dtype: str, batch: int) -> None:
+        self.name = f"Captioner.caption, {dtype}, max batch {batch}"
+        self.dtype, self.batch = dtype, batch
+        self.captioner = Captioner.from_pretrained(checkpoint, device=device, dtype=dtype, max_batch_size=batch)
+
+    def caption_one(self, path: str) -> str:
+        text = self.captioner.caption([path], SETTINGS)[0][0].text
+        _sync(str(self.captioner.device))
+        return text
+
+    def caption_all(self, paths: list[str]) -> tuple[int, list[str], collections.Counter]:
+        """Returns images captioned, their captions, and the batch sizes generate() ran."""
+        self.captioner.generate_batch_sizes.clear()
+        results = self.captioner.caption(paths, SETTINGS)
+        _sync(str(self.captioner.device))
+        return len(paths), [r[0].text for r in results], collections.Counter(self.captioner.generate_batch_sizes)
+
+    def warm_up(self, images: list[str]) -> None:
+        self.caption_one(images[0])
+        self.caption_all(images[: self.batch])
+
+    def pause(self) -> None: ...
+
+    def resume(self) -> None: ...
+
+
+class App:
+    """app.py in its own process, called over HTTP by gradio_client clients."""
+
+    batched = True
+
+    def __init__(self, checkpoint: Path, dtype: str, max_batch_size: int, clients: int, requests: int,
+                 log_path: Path, first_image: str) -> None:
+        from gradio_client import handle_file
+
+        from load import launch_app, loopback_client
+
+        self.name = f"app.py, {dtype}, {clients} gradio_client clients"
+        self.dtype, self.requests, self.log_path = dtype, requests, log_path
+        self.max_batch_size = max_batch_size
+        self._handle_file = handle_file
         started = time.perf_counter()
-        caption, new_tokens = predict(path)
-        _sync(device)
-        latencies.append(time.perf_counter() - started)
-        captions.append(caption)
-        lengths.add(new_tokens)
-    assert lengths == {NEW_TOKENS}, f"captions must be exactly {NEW_TOKENS} new tokens, got {lengths}"
-    mean = sum(latencies) / len(latencies)
-    return {"latency_s": mean, "images_per_s": 1 / mean, "captions": captions}
+        self.server, url = launch_app(
+            ["--model", str(checkpoint), "--dtype", dtype, "--max-batch-size", str(max_batch_size),
+             "--queue-size", "256"],
+            log_path,
+        )
+        # Connected before any clock starts: a concurrent client is a visitor with the page open.
+        self.clients = [loopback_client(url) for _ in range(clients)]
+        self.caption_one(first_image)
+        self.cold_start_s = time.perf_counter() - started
+
+    def _caption(self, client, path: str) -> str:
+        return client.predict(self._handle_file(path), max_length=SETTINGS.max_length, api_name="/caption")
+
+    def caption_one(self, path: str) -> str:
+        return self._caption(self.clients[0], path)
+
+    def caption_all(self, paths: list[str], requests: int | None = None) -> tuple[int, list[str], collections.Counter]:
+        """`requests` requests over all the clients at once, cycling through `paths`; returns
+        requests answered, the captions of `paths`, and the batch sizes the server's queue formed."""
+        requests = requests or self.requests
+        log_mark = self.log_path.stat().st_size
+        results: dict[int, str] = {}
+        lock = threading.Lock()
+        counter = iter(range(requests))
+
+        def worker(client) -> None:
+            while True:
+                with lock:
+                    index = next(counter, None)
+                if index is None:
+                    return
+                text = self._caption(client, paths[index % len(paths)])
+                with lock:
+                    results[index] = text
+
+        threads = [threading.Thread(target=worker, args=(client,)) for client in self.clients]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        with self.log_path.open() as log:
+            log.seek(log_mark)
+            sizes = collections.Counter(int(n) for n in re.findall(r"captioned a batch of (\d+)", log.read()))
+        return requests, [results[i] for i in range(min(len(paths), requests))], sizes
+
+    def warm_up(self, images: list[str]) -> None:
+        self.caption_one(images[0])
+        self.caption_all(images, requests=2 * self.max_batch_size)
+
+    def peak_rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.server.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def pause(self) -> None:
+        self.server.send_signal(signal.SIGSTOP)  # an idle server still polls: keep it off the CPU
+
+    def resume(self) -> None:
+        self.server.send_signal(signal.SIGCONT)
+
+    def close(self) -> None:
+        self.resume()
+        self.server.terminate()
+        self.server.wait(timeout=60)
 
 
 def _sync(device: str) -> None:
@@ -98,113 +221,74 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def direct(captioner: Captioner, images: list[str], single: list[str]) -> dict:
-    """Captioner.caption in this process: single-request latency, and batched throughput."""
-    captioner.caption(images[:2], SETTINGS)  # warm-up
-    latencies = []
-    for path in single:
-        started = time.perf_counter()
-        captioner.caption([path], SETTINGS)
-        _sync(str(captioner.device))
-        latencies.append(time.perf_counter() - started)
-    captioner.generate_batch_sizes.clear()
-    started = time.perf_counter()
-    results = captioner.caption(images, SETTINGS)
-    _sync(str(captioner.device))
-    elapsed = time.perf_counter() - started
-    return {
-        "latency_s": sum(latencies) / len(latencies),
-        "images_per_s": len(images) / elapsed,
-        "batch_sizes": sorted(captioner.generate_batch_sizes.elements(), reverse=True),
-        "captions": [r[0].text for r in results],
-    }
+class Tally:
+    """One path's measurements: per round, single-request latencies and batched images/seconds."""
+
+    def __init__(self, rounds: int) -> None:
+        self.latencies: list[list[float]] = [[] for _ in range(rounds)]
+        self.images = [0] * rounds
+        self.seconds = [0.0] * rounds
+        self.single_captions: dict[str, str] = {}
+        self.batch_sizes: collections.Counter = collections.Counter()
+        self.captions: list[str] = []
+
+    @property
+    def latency_s(self) -> float:
+        every = [t for round_ in self.latencies for t in round_]
+        return sum(every) / len(every)
+
+    @property
+    def images_per_s(self) -> float:
+        """Batched images per second; one at a time (1 / latency) for a path that does not batch."""
+        return sum(self.images) / sum(self.seconds) if sum(self.seconds) else 1 / self.latency_s
+
+    def round_images_per_s(self, index: int) -> float:
+        if self.seconds[index]:
+            return self.images[index] / self.seconds[index]
+        return len(self.latencies[index]) / sum(self.latencies[index])
 
 
-def run_app(checkpoint: Path, images: list[str], single: list[str], clients: int, requests: int,
-            dtype: str, max_batch_size: int, log_path: Path) -> dict:
-    """app.py in its own process; cold start, single-request latency, then `clients` at once."""
-    from gradio_client import Client, handle_file
-
-    from load import launch_app
-
-    started = time.perf_counter()
-    server, url = launch_app(
-        ["--model", str(checkpoint), "--dtype", dtype, "--max-batch-size", str(max_batch_size), "--queue-size", "256"],
-        log_path,
-    )
-    try:
-        def caption(client, path: str) -> str:
-            return client.predict(handle_file(path), max_length=SETTINGS.max_length, api_name="/caption")
-
-        first_client = Client(url, verbose=False)
-        caption(first_client, images[0])
-        cold_start = time.perf_counter() - started
-        caption(first_client, images[1])  # warm-up, as for the direct runs
-        latencies = []
-        for path in single:
-            began = time.perf_counter()
-            caption(first_client, path)
-            latencies.append(time.perf_counter() - began)
-        log_mark = log_path.stat().st_size
-
-        results: dict[int, str] = {}
-        lock = threading.Lock()
-        counter = iter(range(requests))
-
-        def worker() -> None:
-            client = Client(url, verbose=False)
-            while True:
-                with lock:
-                    index = next(counter, None)
-                if index is None:
-                    return
-                text = caption(client, images[index % len(images)])
-                with lock:
-                    results[index] = text
-
-        threads = [threading.Thread(target=worker) for _ in range(clients)]
-        began = time.perf_counter()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        elapsed = time.perf_counter() - began
-        peak_rss = _peak_rss_bytes(server.pid)
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
-    with log_path.open() as log:
-        log.seek(log_mark)
-        batch_sizes = [int(n) for n in re.findall(r"captioned a batch of (\d+)", log.read())]
-    return {
-        "cold_start_s": cold_start,
-        "latency_s": sum(latencies) / len(latencies),
-        "images_per_s": requests / elapsed,
-        "peak_rss_mb": peak_rss / 2**20,
-        "batch_sizes": batch_sizes,
-        "captions": [results[i] for i in range(len(images)) if i in results],
-    }
+def measure(paths: list, images: list[str], single: list[str], rounds: int, repeat: int) -> dict[str, Tally]:
+    """Each round: every path captions `single` one at a time, then (batched paths) all `images`."""
+    tallies = {path.name: Tally(rounds) for path in paths}
+    for index in range(rounds):
+        for path in paths:
+            tally = tallies[path.name]
+            path.resume()
+            try:
+                for image in single:
+                    began = time.perf_counter()
+                    tally.single_captions[image] = path.caption_one(image)
+                    tally.latencies[index].append(time.perf_counter() - began)
+                if path.batched:
+                    began = time.perf_counter()
+                    count, captions, sizes = path.caption_all(images * repeat)
+                    tally.seconds[index] = time.perf_counter() - began
+                    tally.images[index] = count
+                    tally.batch_sizes.update(sizes)
+                    tally.captions = captions[: len(images)]
+            finally:
+                path.pause()
+        print(f"round {index + 1}/{rounds}: " + ", ".join(
+            f"{name.split(',')[0]} {t.round_images_per_s(index):.2f}/s" for name, t in tallies.items()), flush=True)
+    return tallies
 
 
-def _peak_rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-def agreement(a: list[str], b: list[str]) -> float:
+def agreement(a: list[str], b: list[str]) -> float | None:
     pairs = list(zip(a, b))
-    return sum(x == y for x, y in pairs) / len(pairs)
+    return sum(x == y for x, y in pairs) / len(pairs) if pairs else None
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--size", choices=["full", "tiny"], default="full",
+                        help="tiny: a seconds-long smoke run of this script, not a measurement")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--images", type=int, default=16, help="distinct images for throughput")
-    parser.add_argument("--baseline-images", type=int, default=6)
+    parser.add_argument("--single", type=int, default=4, help="images captioned one at a time per round")
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--requests", type=int, default=64)
+    parser.add_argument("--requests", type=int, default=64, help="app requests per round (the first batch of each round forms from whoever arrived first)")
     parser.add_argument("--max-batch-size", type=int, default=8)
     parser.add_argument("--no-app", action="store_true", help="skip the app runs (no gradio, e.g. on a GPU box)")
     parser.add_argument("--no-int8", action="store_true")
@@ -212,67 +296,83 @@ def main() -> None:
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="speed-bench-"))
-    checkpoint = build_checkpoint(workdir)
+    checkpoint = build_checkpoint(workdir, args.size)
     images = build_images(workdir, args.images)
-    single = images[: args.baseline_images]
-    rows: list[tuple[str, dict]] = []
+    single = images[: args.single]
     machine = _machine(args.device)
     print(f"machine: {machine}; torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
 
-    baseline = model_card_baseline(checkpoint, single, args.device)
-    rows.append(("baseline: model card code, one at a time, fp32", baseline))
-    print(f"baseline: {baseline['latency_s']:.3f} s per image", flush=True)
+    on_cpu = args.device == "cpu"
+    if on_cpu:
+        precisions = ["float32"] if args.no_int8 else ["float32", "int8"]
+    else:
+        precisions = ["float32", "float16", "bfloat16"]
+    batches = [args.max_batch_size] if on_cpu else [int(b) for b in args.gpu_batches.split(",")]
+    baseline = ModelCard(checkpoint, args.device)
+    paths: list = [baseline]
+    apps: list[App] = []
+    try:
+        for dtype in precisions:
+            for batch in batches:
+                paths.append(Direct(checkpoint, args.device, dtype, batch))
+            if on_cpu and not args.no_app:
+                app = App(checkpoint, dtype, args.max_batch_size, args.clients, args.requests,
+                          workdir / f"app-{dtype}.log", images[0])
+                app.pause()
+                apps.append(app)
+                paths.append(app)
+        for path in paths:  # warm-up, outside every clock
+            path.resume()
+            path.warm_up(images)
+            path.pause()
+        tallies = measure(paths, images, single, args.rounds, repeat=max(1, 2 * max(batches) // len(images)))
+        peak_rss = {app.name: app.peak_rss_mb() for app in apps}
+    finally:
+        for app in apps:
+            app.close()
 
-    report: dict = {"machine": machine, "baseline": _public(baseline)}
-    precisions = ["float32"] if args.device == "cpu" else ["float32", "float16", "bfloat16"]
-    if args.device == "cpu" and not args.no_int8:
-        precisions.append("int8")
-    default_captions = None
-    for dtype in precisions:
-        batch_sizes = [args.max_batch_size] if args.device == "cpu" else [int(b) for b in args.gpu_batches.split(",")]
-        for batch in batch_sizes:
-            captioner = Captioner.from_pretrained(checkpoint, device=args.device, dtype=dtype, max_batch_size=batch)
-            images_for_run = images * max(1, (2 * batch) // len(images))
-            result = direct(captioner, images_for_run, single)
-            if dtype == "float32" and default_captions is None:
-                default_captions = result["captions"]
-            result["agreement_with_default"] = agreement(result["captions"], default_captions)
-            result["equal_to_baseline"] = agreement(result["captions"][: len(single)], baseline["captions"])
-            rows.append((f"Captioner.caption, {dtype}, max batch {batch}", result))
-            report[f"direct_{dtype}_b{batch}"] = _public(result)
-            print(f"direct {dtype} b{batch}: {result['images_per_s']:.2f} images/s", flush=True)
-            del captioner
-        if args.device == "cpu" and not args.no_app:
-            result = run_app(checkpoint, images, single, args.clients, args.requests, dtype,
-                             args.max_batch_size, workdir / f"app-{dtype}.log")
-            result["agreement_with_default"] = agreement(result["captions"], default_captions)
-            result["equal_to_baseline"] = agreement(result["captions"][: len(single)], baseline["captions"])
-            direct_row = report[f"direct_{dtype}_b{args.max_batch_size}"]
-            result["app_overhead_throughput"] = direct_row["images_per_s"] / result["images_per_s"] - 1
-            result["app_overhead_latency"] = result["latency_s"] / direct_row["latency_s"] - 1
-            rows.append((f"app.py, {dtype}, {args.clients} gradio_client clients", result))
-            report[f"app_{dtype}"] = _public(result)
-            print(f"app {dtype}: {result['images_per_s']:.2f} images/s", flush=True)
+    base = tallies[baseline.name]
+    default_name = paths[1].name
+    rows = []
+    report: dict = {"machine": machine, "rounds": args.rounds, "runs": {}}
+    for path in paths:
+        tally = tallies[path.name]
+        row = {
+            "images_per_s": tally.images_per_s,
+            "images": sum(tally.images),  # captioned in the batched runs, all rounds
+            "throughput_x_baseline": tally.images_per_s / base.images_per_s,
+            "throughput_x_baseline_per_round": [
+                tally.round_images_per_s(i) / base.round_images_per_s(i) for i in range(args.rounds)],
+            "latency_s": tally.latency_s,
+            "latency_x_baseline": tally.latency_s / base.latency_s,
+            "equal_to_baseline": agreement([tally.single_captions[i] for i in single], [base.single_captions[i] for i in single]),
+            "agreement_with_default": agreement(tally.captions, tallies[default_name].captions) if path.batched else None,
+            "batch_sizes": dict(sorted(tally.batch_sizes.items(), reverse=True)),
+        }
+        if isinstance(path, App):
+            row.update(peak_rss_mb=peak_rss[path.name], cold_start_s=path.cold_start_s)
+            direct = next(tallies[p.name] for p in paths if isinstance(p, Direct) and p.dtype == path.dtype)
+            row["app_overhead_throughput"] = direct.images_per_s / tally.images_per_s - 1
+            row["app_overhead_latency"] = tally.latency_s / direct.latency_s - 1
+        rows.append((path.name, row))
+        report["runs"][path.name] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}
 
     print()
-    print(f"{'run':<52} {'images/s':>9} {'x base':>7} {'latency s':>10} {'x base':>7} "
-          f"{'= base':>7} {'= fp32':>7} {'peak RSS MB':>11} {'cold start s':>12}  batch sizes")
+    print(f"{'run':<50} {'images/s':>8} {'x base':>6} {'per round':>16} {'latency s':>9} {'x base':>6} "
+          f"{'= base':>6} {'= fp32':>6} {'peak RSS MB':>11} {'cold s':>6}  batch sizes")
     for name, r in rows:
+        per_round = " ".join(f"{x:.2f}" for x in r["throughput_x_baseline_per_round"])
         print(
-            f"{name:<52} {r['images_per_s']:>9.2f} {r['images_per_s'] / baseline['images_per_s']:>7.2f} "
-            f"{r['latency_s']:>10.3f} {r['latency_s'] / baseline['latency_s']:>7.2f} "
-            f"{_pct(r.get('equal_to_baseline')):>7} {_pct(r.get('agreement_with_default')):>7} "
-            f"{_num(r.get('peak_rss_mb')):>11} {_num(r.get('cold_start_s'), 1):>12}  {_sizes(r.get('batch_sizes'))}"
+            f"{name:<50} {r['images_per_s']:>8.2f} {r['throughput_x_baseline']:>6.2f} {per_round:>16} "
+            f"{r['latency_s']:>9.3f} {r['latency_x_baseline']:>6.2f} {_pct(r['equal_to_baseline']):>6} "
+            f"{_pct(r['agreement_with_default']):>6} {_num(r.get('peak_rss_mb')):>11} "
+            f"{_num(r.get('cold_start_s'), 1):>6}  {_sizes(r['batch_sizes'])}"
         )
-    for key, r in report.items():
-        if isinstance(r, dict) and "images_per_s" in r:
-            r["throughput_x_baseline"] = r["images_per_s"] / baseline["images_per_s"]
-            r["latency_x_baseline"] = r["latency_s"] / baseline["latency_s"]
+    for name, r in rows:
+        if "app_overhead_throughput" in r:
+            print(f"{name}: adds {100 * r['app_overhead_throughput']:.0f}% to throughput time and "
+                  f"{100 * r['app_overhead_latency']:.0f}% to latency over Captioner.caption")
     print(json.dumps(report))
-
-
-def _public(result: dict) -> dict:
-    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items() if k != "captions"}
 
 
 def _pct(value) -> str:
@@ -283,13 +383,8 @@ def _num(value, digits: int = 0) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
 
-def _sizes(sizes) -> str:
-    if not sizes:
-        return ""
-    counts: dict[int, int] = {}
-    for size in sizes:
-        counts[size] = counts.get(size, 0) + 1
-    return " ".join(f"{size}x{n}" for size, n in sorted(counts.items(), reverse=True))
+def _sizes(sizes: dict[int, int]) -> str:
+    return " ".join(f"{size}x{n}" for size, n in sizes.items())
 
 
 def _machine(device: str) -> str:
