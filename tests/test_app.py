@@ -2,7 +2,6 @@
 
 import csv
 import importlib
-import threading
 import time
 
 import gradio as gr

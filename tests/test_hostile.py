@@ -1,7 +1,6 @@
 """Hostile input through the launched app: each gets a clear message and the server keeps serving."""
 
 import math
-import threading
 import time
 
 import httpx

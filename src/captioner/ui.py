@@ -28,7 +28,7 @@ from .errors import CaptionError, InvalidSettings, RequestTooLarge
 from .images import IMAGE_SUFFIXES, load_image
 from .inference import Caption, Captioner
 from .memory import release_free_memory
-from .settings import BOUNDS, DEFAULT_SETTINGS, STRATEGIES, CaptionSettings
+from .settings import BOUNDS, DEFAULT_SETTINGS, CaptionSettings
 
 log = logging.getLogger("captioner.app")
 EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples"
