@@ -40,13 +40,14 @@ from PIL import Image  # noqa: E402
 
 from captioner import Captioner, CaptionSettings  # noqa: E402
 from captioner.checkpoints import save_random_checkpoint  # noqa: E402
+from captioner.model_thread import on_model_thread  # noqa: E402
 
 NEW_TOKENS = 16
 SETTINGS = CaptionSettings(max_length=NEW_TOKENS + 1, num_beams=4)  # max_length counts the start token
 
 
 def build_checkpoint(directory: Path, size: str = "full") -> Path:
-    checkpoint = save_random_checkpoint(directory / f"vit-gpt2-{size}-random", size, seed=0)
+    checkpoint = on_model_thread(save_random_checkpoint, directory / f"vit-gpt2-{size}-random", size, seed=0)
     from transformers import GenerationConfig
 
     config = GenerationConfig.from_pretrained(checkpoint)
@@ -71,7 +72,11 @@ def build_images(directory: Path, count: int) -> list[str]:
 
 
 class ModelCard:
-    """The baseline: the model card's code, one request at a time, stock transformers, fp32."""
+    """The baseline: the model card's code, one request at a time, stock transformers, fp32.
+
+    It runs on the same thread as Captioner's model work (captioner/model_thread.py): a second
+    thread of torch work would give the process a second OpenMP team, and both would slow down.
+    """
 
     name = "baseline: model card code, one at a time, fp32"
     batched = False
@@ -80,11 +85,14 @@ class ModelCard:
         from transformers import AutoTokenizer, ViTImageProcessor, VisionEncoderDecoderModel
 
         self.device = device
-        self.model = VisionEncoderDecoderModel.from_pretrained(checkpoint).to(device).eval()
+        self.model = on_model_thread(lambda: VisionEncoderDecoderModel.from_pretrained(checkpoint).to(device).eval())
         self.feature_extractor = ViTImageProcessor.from_pretrained(checkpoint)
         self.tokenizer = AutoTokenizer.from_pretrained(checkpoint)
 
     def caption_one(self, path: str) -> str:
+        return on_model_thread(self._caption_one, path)
+
+    def _caption_one(self, path: str) -> str:
         image = Image.open(path).convert("RGB")
         pixel_values = self.feature_extractor(images=[image], return_tensors="pt").pixel_values.to(self.device)
         with torch.no_grad():

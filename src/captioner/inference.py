@@ -19,6 +19,7 @@ from PIL import Image
 
 from .errors import ModelLoadError, RequestTooLarge
 from .images import DEFAULT_LIMITS, ImageInput, ImageLimits, load_image
+from .model_thread import on_model_thread
 from .settings import DEFAULT_SETTINGS, CaptionSettings
 from .speedups import SpeedupReport, generation_scope, speed_up
 
@@ -62,7 +63,9 @@ class Captioner:
         self.dtype = next(model.parameters()).dtype
         # Exact (captions unchanged) CPU speed-ups; see speedups.py. False keeps stock transformers.
         # int8 is the opt-in fast mode: faster, not exact.
-        self.speedups = speed_up(self.model, int8=int8) if speedups or int8 else SpeedupReport(0, 0, "turned off")
+        self.speedups = (
+            on_model_thread(speed_up, self.model, int8=int8) if speedups or int8 else SpeedupReport(0, 0, "turned off")
+        )
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.source = source
@@ -73,8 +76,8 @@ class Captioner:
         generation_config = self.model.generation_config
         if generation_config.pad_token_id is None:
             generation_config.pad_token_id = generation_config.eos_token_id or tokenizer.eos_token_id
-        # generate() mutates shared state and the fast tokenizer is not re-entrant:
-        # one request at a time on the model; throughput comes from batching.
+        # generate() mutates shared state and the fast tokenizer is not re-entrant: one batch at a
+        # time, on the model thread (model_thread.py); throughput comes from batching.
         self._lock = threading.Lock()
         self.generate_batch_sizes: collections.Counter[int] = collections.Counter()
 
@@ -115,8 +118,12 @@ class Captioner:
                     f"'{source}' is a {config.model_type!r} model, not a vision-encoder-decoder "
                     f"captioning checkpoint. Set {MODEL_ENV_VAR} or --model to one."
                 )
-            model = VisionEncoderDecoderModel.from_pretrained(
-                source, revision=revision, dtype=DTYPES.get(dtype, torch.float32)
+            # On the model thread, like every later generate(): the loading's parallel kernels
+            # would otherwise leave this thread an OpenMP team of its own (model_thread.py).
+            model = on_model_thread(
+                lambda: VisionEncoderDecoderModel.from_pretrained(
+                    source, revision=revision, dtype=DTYPES.get(dtype, torch.float32)
+                ).to(device)
             )
             tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
             # The PIL backend: torchvision is large and PyPI's build does not pair with ours.
@@ -125,7 +132,7 @@ class Captioner:
             )
         except (OSError, ValueError, KeyError) as error:
             raise ModelLoadError(_load_failure_message(source, error)) from error
-        return cls(model.to(device), tokenizer, image_processor, source=source, **options)
+        return cls(model, tokenizer, image_processor, source=source, **options)
 
     def caption(
         self,
@@ -168,6 +175,9 @@ class Captioner:
         return self.max_batch_size
 
     def _caption_batch(self, images: list[Image.Image], settings: CaptionSettings) -> list[list[Caption]]:
+        return on_model_thread(self._caption_batch_here, images, settings)
+
+    def _caption_batch_here(self, images: list[Image.Image], settings: CaptionSettings) -> list[list[Caption]]:
         with self._lock, torch.inference_mode():
             pixel_values = self.image_processor(images=images, return_tensors="pt").pixel_values
             pixel_values = pixel_values.to(self.device, self.dtype)
