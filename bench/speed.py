@@ -12,6 +12,10 @@ Paths are measured in turn, round after round (--rounds), so every ratio compare
 the same stretches of machine time: on a noisy VM a path measured a minute after another can run
 15% faster or slower for reasons of its own. An app server not being measured is paused (SIGSTOP).
 
+The app's throughput is its steady state: each round's 16 clients start at the same instant, so its
+first batch and its last are partial, and they are left out of the clock (`steady_window`); the
+"whole" column keeps them in. Captioner.caption's batches are always full.
+
 Prints a table and one JSON line. Every ratio is against the baseline measured in the same run.
 """
 
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import itertools
 import json
 import os
 import re
@@ -155,6 +160,7 @@ class App:
         self.name = f"app.py, {dtype}, {clients} gradio_client clients"
         self.dtype, self.requests, self.log_path = dtype, requests, log_path
         self.max_batch_size = max_batch_size
+        self.steady: tuple[int, float] | None = None  # images, seconds: the last round's steady state
         self._handle_file = handle_file
         started = time.perf_counter()
         self.server, url = launch_app(
@@ -175,10 +181,12 @@ class App:
 
     def caption_all(self, paths: list[str], requests: int | None = None) -> tuple[int, list[str], collections.Counter]:
         """`requests` requests over all the clients at once, cycling through `paths`; returns
-        requests answered, the captions of `paths`, and the batch sizes the server's queue formed."""
+        requests answered, the captions of `paths`, and the batch sizes the server's queue formed.
+        The steady-state part of the run is left in `self.steady` (see `steady_window`)."""
         requests = requests or self.requests
         log_mark = self.log_path.stat().st_size
         results: dict[int, str] = {}
+        answered_at: list[float] = []
         lock = threading.Lock()
         counter = iter(range(requests))
 
@@ -191,6 +199,7 @@ class App:
                 text = self._caption(client, paths[index % len(paths)])
                 with lock:
                     results[index] = text
+                    answered_at.append(time.perf_counter())
 
         threads = [threading.Thread(target=worker, args=(client,)) for client in self.clients]
         for thread in threads:
@@ -199,8 +208,9 @@ class App:
             thread.join()
         with self.log_path.open() as log:
             log.seek(log_mark)
-            sizes = collections.Counter(int(n) for n in re.findall(r"captioned a batch of (\d+)", log.read()))
-        return requests, [results[i] for i in range(min(len(paths), requests))], sizes
+            batches = [int(n) for n in re.findall(r"captioned a batch of (\d+)", log.read())]
+        self.steady = steady_window(answered_at, batches)
+        return requests, [results[i] for i in range(min(len(paths), requests))], collections.Counter(batches)
 
     def warm_up(self, images: list[str]) -> None:
         self.caption_one(images[0])
@@ -224,6 +234,22 @@ class App:
         self.server.wait(timeout=60)
 
 
+def steady_window(answered_at: list[float], batches: list[int]) -> tuple[int, float] | None:
+    """Images and seconds from the end of a round's first batch to the end of its last-but-one.
+
+    All clients start a round at the same instant, so the queue's first batch holds whoever got
+    there first (often 1-3 requests), and the last batch what is left over. Between the two, every
+    client has a request in flight and every batch is formed from a full queue: that stretch is the
+    throughput under 16 concurrent clients. Batches run one at a time, so the requests answered
+    first belong to the first batch, and so on. None when the round had fewer than three batches.
+    """
+    if len(batches) < 3 or sum(batches) != len(answered_at):
+        return None
+    times = sorted(answered_at)
+    ends = list(itertools.accumulate(batches))  # how many answers there are once each batch is done
+    return sum(batches[1:-1]), times[ends[-2] - 1] - times[ends[0] - 1]
+
+
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -234,8 +260,10 @@ class Tally:
 
     def __init__(self, rounds: int) -> None:
         self.latencies: list[list[float]] = [[] for _ in range(rounds)]
-        self.images = [0] * rounds
+        self.images = [0] * rounds  # all the round's batched work...
         self.seconds = [0.0] * rounds
+        self.window_images = [0] * rounds  # ...and the part its throughput is measured on (app: steady state)
+        self.window_seconds = [0.0] * rounds
         self.single_captions: dict[str, str] = {}
         self.batch_sizes: collections.Counter = collections.Counter()
         self.captions: list[str] = []
@@ -248,11 +276,17 @@ class Tally:
     @property
     def images_per_s(self) -> float:
         """Batched images per second; one at a time (1 / latency) for a path that does not batch."""
+        if sum(self.window_seconds):
+            return sum(self.window_images) / sum(self.window_seconds)
+        return 1 / self.latency_s
+
+    @property
+    def whole_round_images_per_s(self) -> float:
         return sum(self.images) / sum(self.seconds) if sum(self.seconds) else 1 / self.latency_s
 
     def round_images_per_s(self, index: int) -> float:
-        if self.seconds[index]:
-            return self.images[index] / self.seconds[index]
+        if self.window_seconds[index]:
+            return self.window_images[index] / self.window_seconds[index]
         return len(self.latencies[index]) / sum(self.latencies[index])
 
 
@@ -273,6 +307,9 @@ def measure(paths: list, images: list[str], single: list[str], rounds: int, repe
                     count, captions, sizes = path.caption_all(images * repeat)
                     tally.seconds[index] = time.perf_counter() - began
                     tally.images[index] = count
+                    # The app's steady state when the round had one; the Captioner's batches are all full.
+                    steady = getattr(path, "steady", None)
+                    tally.window_images[index], tally.window_seconds[index] = steady or (count, tally.seconds[index])
                     tally.batch_sizes.update(sizes)
                     tally.captions = captions[: len(images)]
             finally:
@@ -348,6 +385,9 @@ def main() -> None:
         row = {
             "images_per_s": tally.images_per_s,
             "images": sum(tally.images),  # captioned in the batched runs, all rounds
+            "measured_images": sum(tally.window_images),  # of which in the throughput window
+            "whole_round_images_per_s": tally.whole_round_images_per_s,
+            "whole_round_x_baseline": tally.whole_round_images_per_s / base.images_per_s,
             "throughput_x_baseline": tally.images_per_s / base.images_per_s,
             "throughput_x_baseline_per_round": [
                 tally.round_images_per_s(i) / base.round_images_per_s(i) for i in range(args.rounds)],
@@ -366,12 +406,13 @@ def main() -> None:
         report["runs"][path.name] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}
 
     print()
-    print(f"{'run':<50} {'images/s':>8} {'x base':>6} {'per round':>16} {'latency s':>9} {'x base':>6} "
+    print(f"{'run':<50} {'images/s':>8} {'x base':>6} {'per round':>16} {'whole':>6} {'latency s':>9} {'x base':>6} "
           f"{'= base':>6} {'= fp32':>6} {'peak RSS MB':>11} {'cold s':>6}  batch sizes")
     for name, r in rows:
         per_round = " ".join(f"{x:.2f}" for x in r["throughput_x_baseline_per_round"])
         print(
             f"{name:<50} {r['images_per_s']:>8.2f} {r['throughput_x_baseline']:>6.2f} {per_round:>16} "
+            f"{r['whole_round_x_baseline']:>6.2f} "
             f"{r['latency_s']:>9.3f} {r['latency_x_baseline']:>6.2f} {_pct(r['equal_to_baseline']):>6} "
             f"{_pct(r['agreement_with_default']):>6} {_num(r.get('peak_rss_mb')):>11} "
             f"{_num(r.get('cold_start_s'), 1):>6}  {_sizes(r['batch_sizes'])}"

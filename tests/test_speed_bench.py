@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "speed.py"
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench" / "speed.py"
 
 
 @pytest.mark.slow
@@ -41,6 +42,20 @@ def test_speed_bench_smoke_run_reports_every_path():
         assert app_run["peak_rss_mb"] > 100 and app_run["cold_start_s"] > 0
         assert "app_overhead_throughput" in app_run
     assert app["images"] == app_int8["images"] == 12
+    for app_run in (app, app_int8):  # steady state where a round had one, else the whole round
+        assert 0 < app_run["measured_images"] <= app_run["images"]
+        assert app_run["whole_round_images_per_s"] > 0
     for batched in (direct, direct_int8):  # at least two copies of the 3 images per round
         assert batched["images"] >= 12
         assert sum(int(size) * count for size, count in batched["batch_sizes"].items()) == batched["images"]
+
+
+def test_steady_window_leaves_out_the_first_and_last_batch():
+    sys.path.insert(0, str(ROOT / "bench"))
+    from speed import steady_window
+
+    # Batches of 2, 3, 3 and 1, one after another; answers arrive unordered from the client threads.
+    answered_at = [1.0, 1.01, 4.0, 4.02, 4.01, 7.5, 7.52, 7.51, 9.0]
+    assert steady_window(list(reversed(answered_at)), [2, 3, 3, 1]) == pytest.approx((6, 7.52 - 1.01))
+    assert steady_window(answered_at[:5], [2, 3]) is None  # no batch between the first and the last
+    assert steady_window(answered_at, [2, 3, 3]) is None  # the log and the answers disagree
