@@ -130,12 +130,13 @@ class Direct:
         _sync(str(self.captioner.device))
         return text
 
-    def caption_all(self, paths: list[str]) -> tuple[int, list[str], collections.Counter]:
-        """Returns images captioned, their captions, and the batch sizes generate() ran."""
+    def caption_all(self, paths: list[str]) -> tuple[int, list[str], collections.Counter, None]:
+        """Returns images captioned, their captions, the batch sizes generate() ran, and None: every
+        batch is full, so the whole run is the steady state."""
         self.captioner.generate_batch_sizes.clear()
         results = self.captioner.caption(paths, SETTINGS)
         _sync(str(self.captioner.device))
-        return len(paths), [r[0].text for r in results], collections.Counter(self.captioner.generate_batch_sizes)
+        return len(paths), [r[0].text for r in results], collections.Counter(self.captioner.generate_batch_sizes), None
 
     def warm_up(self, images: list[str]) -> None:
         self.caption_one(images[0])
@@ -160,7 +161,6 @@ class App:
         self.name = f"app.py, {dtype}, {clients} gradio_client clients"
         self.dtype, self.requests, self.log_path = dtype, requests, log_path
         self.max_batch_size = max_batch_size
-        self.steady: tuple[int, float] | None = None  # images, seconds: the last round's steady state
         self._handle_file = handle_file
         started = time.perf_counter()
         self.server, url = launch_app(
@@ -179,10 +179,11 @@ class App:
     def caption_one(self, path: str) -> str:
         return self._caption(self.clients[0], path)
 
-    def caption_all(self, paths: list[str], requests: int | None = None) -> tuple[int, list[str], collections.Counter]:
+    def caption_all(self, paths: list[str], requests: int | None = None
+                    ) -> tuple[int, list[str], collections.Counter, tuple[int, float] | None]:
         """`requests` requests over all the clients at once, cycling through `paths`; returns
-        requests answered, the captions of `paths`, and the batch sizes the server's queue formed.
-        The steady-state part of the run is left in `self.steady` (see `steady_window`)."""
+        requests answered, the captions of `paths`, the batch sizes the server's queue formed, and
+        the images and seconds of the run's steady state (`steady_window`)."""
         requests = requests or self.requests
         log_mark = self.log_path.stat().st_size
         results: dict[int, str] = {}
@@ -209,8 +210,8 @@ class App:
         with self.log_path.open() as log:
             log.seek(log_mark)
             batches = [int(n) for n in re.findall(r"captioned a batch of (\d+)", log.read())]
-        self.steady = steady_window(answered_at, batches)
-        return requests, [results[i] for i in range(min(len(paths), requests))], collections.Counter(batches)
+        captions = [results[i] for i in range(min(len(paths), requests))]
+        return requests, captions, collections.Counter(batches), steady_window(answered_at, batches)
 
     def warm_up(self, images: list[str]) -> None:
         self.caption_one(images[0])
@@ -304,11 +305,10 @@ def measure(paths: list, images: list[str], single: list[str], rounds: int, repe
                     tally.latencies[index].append(time.perf_counter() - began)
                 if path.batched:
                     began = time.perf_counter()
-                    count, captions, sizes = path.caption_all(images * repeat)
+                    count, captions, sizes, steady = path.caption_all(images * repeat)
                     tally.seconds[index] = time.perf_counter() - began
                     tally.images[index] = count
                     # The app's steady state when the round had one; the Captioner's batches are all full.
-                    steady = getattr(path, "steady", None)
                     tally.window_images[index], tally.window_seconds[index] = steady or (count, tally.seconds[index])
                     tally.batch_sizes.update(sizes)
                     tally.captions = captions[: len(images)]

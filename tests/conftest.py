@@ -16,6 +16,8 @@ import pytest
 from PIL import Image
 
 from captioner import Captioner
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from captioner.checkpoints import save_random_checkpoint
 
 
@@ -75,11 +77,9 @@ class RunningApp:
         self.url = self.demo.local_url
 
     def client(self):
-        from gradio_client import Client
+        from load import loopback_client  # bench/load.py: the benchmarks' client, same settings
 
-        # Plain http on loopback: ssl_verify=False only skips the CA-loaded TLS context that
-        # gradio_client otherwise builds for every HTTP call (about 0.15 s of CPU per request).
-        return Client(self.url, verbose=False, ssl_verify=False)
+        return loopback_client(self.url)
 
     def close(self):
         self.demo.close()
