@@ -152,14 +152,14 @@ class App:
 
     batched = True
 
-    def __init__(self, checkpoint: Path, dtype: str, max_batch_size: int, clients: int, requests: int,
+    def __init__(self, checkpoint: Path, dtype: str, max_batch_size: int, clients: int,
                  log_path: Path, first_image: str) -> None:
         from gradio_client import handle_file
 
         from load import launch_app, loopback_client
 
         self.name = f"app.py, {dtype}, {clients} gradio_client clients"
-        self.dtype, self.requests, self.log_path = dtype, requests, log_path
+        self.dtype, self.log_path = dtype, log_path
         self.max_batch_size = max_batch_size
         self._handle_file = handle_file
         started = time.perf_counter()
@@ -181,10 +181,10 @@ class App:
 
     def caption_all(self, paths: list[str], requests: int | None = None
                     ) -> tuple[int, list[str], collections.Counter, tuple[int, float] | None]:
-        """`requests` requests over all the clients at once, cycling through `paths`; returns
-        requests answered, the captions of `paths`, the batch sizes the server's queue formed, and
-        the images and seconds of the run's steady state (`steady_window`)."""
-        requests = requests or self.requests
+        """`requests` requests (default: one per path) over all the clients at once, cycling through
+        `paths`; returns requests answered, the captions of `paths`, the batch sizes the server's
+        queue formed, and the images and seconds of the run's steady state (`steady_window`)."""
+        requests = requests or len(paths)
         log_mark = self.log_path.stat().st_size
         results: dict[int, str] = {}
         answered_at: list[float] = []
@@ -291,8 +291,9 @@ class Tally:
         return len(self.latencies[index]) / sum(self.latencies[index])
 
 
-def measure(paths: list, images: list[str], single: list[str], rounds: int, repeat: int) -> dict[str, Tally]:
-    """Each round: every path captions `single` one at a time, then (batched paths) all `images`."""
+def measure(paths: list, images: list[str], single: list[str], rounds: int, workload: list[str]) -> dict[str, Tally]:
+    """Each round: every path captions `single` one at a time, then (batched paths) `workload`, a
+    list of image paths that cycles through `images`."""
     tallies = {path.name: Tally(rounds) for path in paths}
     for index in range(rounds):
         for path in paths:
@@ -305,7 +306,7 @@ def measure(paths: list, images: list[str], single: list[str], rounds: int, repe
                     tally.latencies[index].append(time.perf_counter() - began)
                 if path.batched:
                     began = time.perf_counter()
-                    count, captions, sizes, steady = path.caption_all(images * repeat)
+                    count, captions, sizes, steady = path.caption_all(workload)
                     tally.seconds[index] = time.perf_counter() - began
                     tally.images[index] = count
                     # The app's steady state when the round had one; the Captioner's batches are all full.
@@ -333,7 +334,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=16, help="distinct images for throughput")
     parser.add_argument("--single", type=int, default=4, help="images captioned one at a time per round")
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--requests", type=int, default=64, help="app requests per round (the first batch of each round forms from whoever arrived first)")
+    parser.add_argument("--requests", type=int, default=64,
+                        help="images per round for each batched path: app requests, and as many for Captioner.caption")
     parser.add_argument("--max-batch-size", type=int, default=8)
     parser.add_argument("--no-app", action="store_true", help="skip the app runs (no gradio, e.g. on a GPU box)")
     parser.add_argument("--no-int8", action="store_true")
@@ -361,7 +363,7 @@ def main() -> None:
             for batch in batches:
                 paths.append(Direct(checkpoint, args.device, dtype, batch))
             if on_cpu and not args.no_app:
-                app = App(checkpoint, dtype, args.max_batch_size, args.clients, args.requests,
+                app = App(checkpoint, dtype, args.max_batch_size, args.clients,
                           workdir / f"app-{dtype}.log", images[0])
                 app.pause()
                 apps.append(app)
@@ -370,7 +372,11 @@ def main() -> None:
             path.resume()
             path.warm_up(images)
             path.pause()
-        tallies = measure(paths, images, single, args.rounds, repeat=max(1, 2 * max(batches) // len(images)))
+        # The same work for Captioner.caption as for the app, so both are timed over equally long
+        # stretches of this noisy machine; on a GPU, at least two batches of the largest size.
+        count = args.requests if on_cpu else max(args.requests, 2 * max(batches))
+        workload = list(itertools.islice(itertools.cycle(images), count))
+        tallies = measure(paths, images, single, args.rounds, workload)
         peak_rss = {app.name: app.peak_rss_mb() for app in apps}
     finally:
         for app in apps:
@@ -397,6 +403,8 @@ def main() -> None:
             "agreement_with_default": agreement(tally.captions, tallies[default_name].captions) if path.batched else None,
             "batch_sizes": dict(sorted(tally.batch_sizes.items(), reverse=True)),
         }
+        if isinstance(path, Direct):
+            row["linear_kind"] = path.captioner.speedups.linear_kind  # native kernel, oneDNN or int8
         if isinstance(path, App):
             row.update(peak_rss_mb=peak_rss[path.name], cold_start_s=path.cold_start_s)
             direct = next(tallies[p.name] for p in paths if isinstance(p, Direct) and p.dtype == path.dtype)
@@ -417,6 +425,9 @@ def main() -> None:
             f"{_pct(r['agreement_with_default']):>6} {_num(r.get('peak_rss_mb')):>11} "
             f"{_num(r.get('cold_start_s'), 1):>6}  {_sizes(r['batch_sizes'])}"
         )
+    for name, r in rows:
+        if "linear_kind" in r:
+            print(f"{name}: decoder products on {r['linear_kind']}")
     for name, r in rows:
         if "app_overhead_throughput" in r:
             print(f"{name}: adds {100 * r['app_overhead_throughput']:.0f}% to throughput time and "

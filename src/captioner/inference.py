@@ -7,6 +7,7 @@ the benchmark all go through `Captioner.caption`.
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import re
 import threading
@@ -25,6 +26,7 @@ from .speedups import SpeedupReport, generation_scope, speed_up
 
 DEFAULT_MODEL = "nlpconnect/vit-gpt2-image-captioning"
 MODEL_ENV_VAR = "CAPTIONER_MODEL"
+log = logging.getLogger("captioner.inference")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # "int8" loads fp32 weights and quantizes the linear layers (CPU, opt-in fast mode, not exact).
@@ -66,6 +68,11 @@ class Captioner:
         self.speedups = (
             on_model_thread(speed_up, self.model, int8=int8) if speedups or int8 else SpeedupReport(0, 0, "turned off")
         )
+        # A Space's log should say whether the fast path is on, and if not, why.
+        report = self.speedups
+        log.info("speed-ups: %d linear layers (%s), %d cross-attentions grouped%s", report.linear_layers,
+                 report.linear_kind or "stock", report.grouped_cross_attention,
+                 f"; not applied: {report.skipped}" if report.skipped else "")
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.source = source
