@@ -5,7 +5,7 @@ import torch
 from captioner import CaptionSettings, Captioner
 from captioner import speedups
 from captioner.checkpoints import build_random_model, build_tokenizer
-from captioner.speedups import GroupedCrossAttention, PackedLinear, NativeLinear, generation_scope, speed_up
+from captioner.speedups import GroupedCrossAttention, NativeLinear, generation_scope, speed_up
 from conftest import photo
 
 STRATEGIES = {
