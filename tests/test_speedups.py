@@ -32,7 +32,7 @@ def test_both_speedups_are_applied_to_the_tiny_vit_gpt2(captioner):
     # This machine builds the native kernel (CI installs a C compiler): the tests below exercise it.
     assert captioner.speedups.linear_kind == "native", captioner.speedups.skipped
     assert isinstance(captioner.model.decoder.lm_head, NativeLinear)
-    assert isinstance(captioner.model.encoder.layers[0].attention.q_proj, NativeLinear)
+    assert isinstance(captioner.model.encoder.encoder.layer[0].intermediate.dense, NativeLinear)
 
 
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
