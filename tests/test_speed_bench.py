@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-BENCH = ROOT / "bench" / "speed.py"
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "speed.py"
 
 
 @pytest.mark.slow
@@ -51,8 +50,7 @@ def test_speed_bench_smoke_run_reports_every_path():
 
 
 def test_steady_window_leaves_out_the_first_and_last_batch():
-    sys.path.insert(0, str(ROOT / "bench"))
-    from speed import steady_window
+    from speed import steady_window  # bench/ is on sys.path (conftest.py)
 
     # Batches of 2, 3, 3 and 1, one after another; answers arrive unordered from the client threads.
     answered_at = [1.0, 1.01, 4.0, 4.02, 4.01, 7.5, 7.52, 7.51, 9.0]
