@@ -1,5 +1,6 @@
 import json
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -145,3 +146,14 @@ def test_feature_extractor_named_config_still_loads(tiny_checkpoint, tmp_path, p
     config_path.write_text(json.dumps(config))
     loaded = Captioner.from_pretrained(copy)
     assert texts(loaded.caption(photos[:2])) == texts(Captioner.from_pretrained(tiny_checkpoint).caption(photos[:2]))
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads Linux's /proc/self/maps")
+def test_the_loaded_model_keeps_no_mapping_of_its_checkpoint(tiny_checkpoint, tmp_path):
+    # A mapped checkpoint would keep the pages of every weight speed_up replaces resident.
+    import shutil
+
+    copy = shutil.copytree(tiny_checkpoint, tmp_path / "unmapped")
+    loaded = Captioner.from_pretrained(copy)
+    assert loaded.caption([photo(1)])[0][0].text
+    assert str(copy) not in Path("/proc/self/maps").read_text()
