@@ -113,6 +113,7 @@ def test_switched_off_the_decoder_uses_onednn_and_says_why(monkeypatch, fresh_ke
     report = speed_up(model)
     assert report.linear_kind == "onednn" and native.SWITCH_ENV_VAR in report.skipped
     assert isinstance(model.decoder.lm_head, PackedLinear)
+    assert type(model.encoder.layers[0].attention.q_proj) is torch.nn.Linear  # stock
 
 
 def test_without_a_compiler_the_captions_are_still_exact(tiny_checkpoint, monkeypatch, tmp_path, fresh_kernel_lookup):

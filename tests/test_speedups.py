@@ -24,12 +24,15 @@ def stock(tiny_checkpoint):
 
 def test_both_speedups_are_applied_to_the_tiny_vit_gpt2(captioner):
     layers = captioner.model.config.decoder.n_layer
-    # Per layer: attention in/out, cross-attention query/keys-values/out, MLP in/out; plus the LM head.
-    assert captioner.speedups.linear_layers == 7 * layers + 1
+    encoder_layers = captioner.model.config.encoder.num_hidden_layers
+    # Decoder, per layer: attention in/out, cross-attention query/keys-values/out, MLP in/out; plus
+    # the LM head. Encoder, per layer: query, key, value, attention out, MLP in/out; plus the pooler.
+    assert captioner.speedups.linear_layers == 7 * layers + 1 + 6 * encoder_layers + 1
     assert captioner.speedups.grouped_cross_attention == layers
     # This machine builds the native kernel (CI installs a C compiler): the tests below exercise it.
     assert captioner.speedups.linear_kind == "native", captioner.speedups.skipped
     assert isinstance(captioner.model.decoder.lm_head, NativeLinear)
+    assert isinstance(captioner.model.encoder.layers[0].attention.q_proj, NativeLinear)
 
 
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
