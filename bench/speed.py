@@ -292,29 +292,42 @@ class Tally:
 
 
 def measure(paths: list, images: list[str], single: list[str], rounds: int, workload: list[str]) -> dict[str, Tally]:
-    """Each round: every path captions `single` one at a time, then (batched paths) `workload`, a
-    list of image paths that cycles through `images`."""
+    """Each round: the paths take turns captioning `single` one image at a time (path 1 image 1,
+    path 2 image 1, ..., path 1 image 2, ...), then each batched path captions `workload`, a list of
+    image paths that cycles through `images`.
+
+    Single requests take turns image by image because this VM's speed drifts by 10-30% over
+    minutes: a path whose requests all came a minute after another's could gain or lose that much
+    for reasons of its own, while taking turns gives every path the same stretches of machine time.
+    """
     tallies = {path.name: Tally(rounds) for path in paths}
+
+    def on(path, work):
+        path.resume()
+        try:
+            return work()
+        finally:
+            path.pause()
+
     for index in range(rounds):
+        for image in single:
+            for path in paths:
+                tally = tallies[path.name]
+                began = time.perf_counter()
+                tally.single_captions[image] = on(path, lambda: path.caption_one(image))
+                tally.latencies[index].append(time.perf_counter() - began)
         for path in paths:
+            if not path.batched:
+                continue
             tally = tallies[path.name]
-            path.resume()
-            try:
-                for image in single:
-                    began = time.perf_counter()
-                    tally.single_captions[image] = path.caption_one(image)
-                    tally.latencies[index].append(time.perf_counter() - began)
-                if path.batched:
-                    began = time.perf_counter()
-                    count, captions, sizes, steady = path.caption_all(workload)
-                    tally.seconds[index] = time.perf_counter() - began
-                    tally.images[index] = count
-                    # The app's steady state when the round had one; the Captioner's batches are all full.
-                    tally.window_images[index], tally.window_seconds[index] = steady or (count, tally.seconds[index])
-                    tally.batch_sizes.update(sizes)
-                    tally.captions = captions[: len(images)]
-            finally:
-                path.pause()
+            began = time.perf_counter()
+            count, captions, sizes, steady = on(path, lambda: path.caption_all(workload))
+            tally.seconds[index] = time.perf_counter() - began
+            tally.images[index] = count
+            # The app's steady state when the round had one; the Captioner's batches are all full.
+            tally.window_images[index], tally.window_seconds[index] = steady or (count, tally.seconds[index])
+            tally.batch_sizes.update(sizes)
+            tally.captions = captions[: len(images)]
         print(f"round {index + 1}/{rounds}: " + ", ".join(
             f"{name.split(',')[0]} {t.round_images_per_s(index):.2f}/s" for name, t in tallies.items()), flush=True)
     return tallies
