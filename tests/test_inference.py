@@ -149,11 +149,22 @@ def test_feature_extractor_named_config_still_loads(tiny_checkpoint, tmp_path, p
 
 
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads Linux's /proc/self/maps")
-def test_the_loaded_model_keeps_no_mapping_of_its_checkpoint(tiny_checkpoint, tmp_path):
-    # A mapped checkpoint would keep the pages of every weight speed_up replaces resident.
+@pytest.mark.parametrize("dtype, native", [("float32", "1"), ("float32", "0"), ("int8", "1")])
+def test_a_sped_up_model_keeps_no_mapping_of_its_checkpoint(tiny_checkpoint, tmp_path, monkeypatch, dtype, native):
+    # Every weight still pointing into the memory-mapped checkpoint keeps the file pages of all
+    # the replaced ones resident (speedups.own_weights).
     import shutil
 
+    from captioner import native as native_kernel
+
+    monkeypatch.setenv(native_kernel.SWITCH_ENV_VAR, native)
+    native_kernel.linear_kernel.cache_clear()  # it reads the switch once per process
     copy = shutil.copytree(tiny_checkpoint, tmp_path / "unmapped")
-    loaded = Captioner.from_pretrained(copy)
+    try:
+        loaded = Captioner.from_pretrained(copy, dtype=dtype)
+    finally:
+        native_kernel.linear_kernel.cache_clear()
+    expected_kind = "int8" if dtype == "int8" else {"1": "native", "0": "onednn"}[native]
+    assert loaded.speedups.linear_kind == expected_kind
     assert loaded.caption([photo(1)])[0][0].text
     assert str(copy) not in Path("/proc/self/maps").read_text()

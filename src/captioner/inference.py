@@ -127,12 +127,9 @@ class Captioner:
                 )
             # On the model thread, like every later generate(): the loading's parallel kernels
             # would otherwise leave this thread an OpenMP team of its own (model_thread.py).
-            # disable_mmap: a memory-mapped checkpoint stays mapped while any weight still points
-            # into it, and with it the pages of the weights speed_up replaces by packed copies:
-            # 430 MB of the full-size model's, resident for the life of the process (smaps).
             model = on_model_thread(
                 lambda: VisionEncoderDecoderModel.from_pretrained(
-                    source, revision=revision, dtype=DTYPES.get(dtype, torch.float32), disable_mmap=True
+                    source, revision=revision, dtype=DTYPES.get(dtype, torch.float32)
                 ).to(device)
             )
             tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
