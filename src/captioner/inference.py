@@ -20,6 +20,7 @@ from PIL import Image
 
 from .errors import ModelLoadError, RequestTooLarge
 from .images import DEFAULT_LIMITS, ImageInput, ImageLimits, load_image
+from .memory import release_free_memory
 from .model_thread import on_model_thread
 from .settings import DEFAULT_SETTINGS, CaptionSettings
 from .speedups import SpeedupReport, generation_scope, speed_up
@@ -70,6 +71,8 @@ class Captioner:
         )
         # A Space's log should say whether the fast path is on, and if not, why.
         report = self.speedups
+        if report.linear_layers:
+            release_free_memory()  # the replaced weights, freed: back to the OS now, not after a batch
         log.info("speed-ups: %d linear layers (%s), %d cross-attentions grouped%s", report.linear_layers,
                  report.linear_kind or "stock", report.grouped_cross_attention,
                  f"; not applied: {report.skipped}" if report.skipped else "")

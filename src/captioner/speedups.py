@@ -211,9 +211,9 @@ def own_weights(model: nn.Module) -> None:
 
     from_pretrained leaves the weights pointing into the memory-mapped checkpoint file, and the
     mapping lasts while any weight points into it: the file pages of every weight replaced below
-    would stay resident for the life of the process, beside their packed copies (430 MB on the
-    full-size model). Copied first, each replaced weight is freed with its layer. Tied weights
-    stay tied (one copy per Parameter object).
+    would stay resident for the life of the process, beside their packed copies (full-size model,
+    decoder packed: VmRSS 1896 MB against 1483 MB after a batch of 8). Copied first, each replaced
+    weight is freed with its layer. Tied weights stay tied (one copy per Parameter object).
     """
     with torch.no_grad():
         for tensor in {id(t): t for t in [*model.parameters(), *model.buffers()]}.values():
