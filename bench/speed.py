@@ -440,7 +440,7 @@ def main() -> None:
         )
     for name, r in rows:
         if "linear_kind" in r:
-            print(f"{name}: decoder products on {r['linear_kind']}")
+            print(f"{name}: linear layers on {r['linear_kind']}")
     for name, r in rows:
         if "app_overhead_throughput" in r:
             print(f"{name}: adds {100 * r['app_overhead_throughput']:.0f}% to throughput time and "

@@ -69,10 +69,10 @@ class Captioner:
         self.speedups = (
             on_model_thread(speed_up, self.model, int8=int8) if speedups or int8 else SpeedupReport(0, 0, "turned off")
         )
-        # A Space's log should say whether the fast path is on, and if not, why.
         report = self.speedups
         if report.linear_layers:
             release_free_memory()  # the replaced weights, freed: back to the OS now, not after a batch
+        # A Space's log should say whether the fast path is on, and if not, why.
         log.info("speed-ups: %d linear layers (%s), %d cross-attentions grouped%s", report.linear_layers,
                  report.linear_kind or "stock", report.grouped_cross_attention,
                  f"; not applied: {report.skipped}" if report.skipped else "")

@@ -1,4 +1,4 @@
-/* y = x @ w^T + b for the decoder's linear layers, with w packed in panels of 24 output columns.
+/* y = x @ w^T + b for the model's linear layers, with w packed in panels of 24 output columns.
  *
  * During beam search each decode step multiplies 4 rows per image (one per beam) by every decoder
  * weight, 552 MB of fp32 for GPT-2. At one image the step is bound by how fast those weights

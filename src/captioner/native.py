@@ -1,10 +1,11 @@
-"""The decoder's matrix products in a small C kernel (linear_kernel.c), compiled on first use.
+"""The model's matrix products in a small C kernel (linear_kernel.c), compiled on first use.
 
 Why: a 4-beam caption of one image multiplies 4 rows by all of GPT-2's weights at every step, so
 the step is bound by memory, not arithmetic; a batch of 8 images (32 rows) is bound by arithmetic.
 Over all the decoder's products (bench numbers in the README), oneDNN with packed weights took
 about twice as long as this kernel at 4 rows and 1.3 times as long at 32. No library on PyPI gives
-torch a faster kernel for these shapes, so it is 70 lines of C.
+torch a faster kernel for these shapes, so it is 70 lines of C. The ViT encoder's products (197
+rows an image, bound by arithmetic) use it too: 4-12% faster than MKL here.
 
 It is optional. `linear_kernel()` compiles it once per machine with the system C compiler (under a
 second, cached under ~/.cache/captioner), loads it with ctypes and checks it against torch. Where
@@ -160,6 +161,6 @@ def _self_check(kernel: LinearKernel) -> float:
         weight = torch.randn(out_features, inner, generator=generator)
         bias = torch.randn(out_features, generator=generator) if with_bias else None
         got = kernel.linear(x, kernel.pack(weight), bias, out_features)
-        want = torch.nn.functional.linear(x.double(), weight.double(), None if bias is None else bias.double())
+        want = F.linear(x.double(), weight.double(), None if bias is None else bias.double())
         worst = max(worst, float(((got - want).abs() / want.abs().clamp(min=1.0)).max()))
     return worst

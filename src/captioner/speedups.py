@@ -27,6 +27,7 @@ import contextlib
 import contextvars
 import functools
 import gc
+import itertools
 from dataclasses import dataclass, field
 
 import torch
@@ -216,7 +217,7 @@ def own_weights(model: nn.Module) -> None:
     weight is freed with its layer. Tied weights stay tied (one copy per Parameter object).
     """
     with torch.no_grad():
-        for tensor in {id(t): t for t in [*model.parameters(), *model.buffers()]}.values():
+        for tensor in itertools.chain(model.parameters(), model.buffers()):  # each listed once
             if tensor.device.type == "cpu":
                 tensor.data = tensor.data.clone()
     gc.collect()  # the mapping goes with the last reference to it, some of them in cycles
