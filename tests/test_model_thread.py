@@ -5,13 +5,14 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from captioner import Captioner, CaptionSettings, inference
-from captioner.model_thread import THREAD_NAME, is_model_thread, on_model_thread
+from captioner.model_thread import THREAD_NAME, is_model_thread, on_model_thread, when_model_idle
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -113,3 +114,75 @@ def test_a_server_shaped_process_keeps_one_openmp_team(tiny_checkpoint):
     with_captioner, with_stray_kernel = map(int, result.stdout.split()[-2:])
     assert with_captioner == 1
     assert with_stray_kernel == 2  # the count does see a second team
+
+
+@pytest.fixture
+def quick_idle(monkeypatch):
+    """Idle after 0.2 s; work that keeps coming defers idle work for at most 1 s."""
+    from captioner import model_thread
+
+    monkeypatch.setattr(model_thread, "IDLE_AFTER_S", 0.2)
+    monkeypatch.setattr(model_thread, "MAX_DEFER_S", 1.0)
+
+
+def wait_for(condition, timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return condition()
+
+
+def test_idle_work_runs_once_on_the_model_thread_after_the_jobs_stop(quick_idle):
+    ran: list[tuple[str, float]] = []
+    record = lambda: ran.append((current_thread_name(), time.monotonic()))  # noqa: E731
+    when_model_idle(record)
+    when_model_idle(record)  # asked twice before it ran: runs once
+    last_job_done = time.monotonic()
+    assert wait_for(lambda: ran)
+    time.sleep(0.5)
+    assert len(ran) == 1
+    name, at = ran[0]
+    assert name == THREAD_NAME
+    assert at - last_job_done >= 0.15  # it waited for the thread to be idle
+
+
+def test_idle_work_waits_while_jobs_keep_coming_but_not_forever(quick_idle):
+    ran: list[float] = []
+    when_model_idle(lambda: ran.append(time.monotonic()))
+    started = time.monotonic()
+    while time.monotonic() - started < 2.0:  # a job every 50 ms: never idle for 0.2 s
+        on_model_thread(time.sleep, 0.05)
+        if time.monotonic() - started < 0.9:
+            assert not ran, "idle work ran between jobs before MAX_DEFER_S"
+    assert len(ran) == 1 and 1.0 <= ran[0] - started < 1.5, "deferred past MAX_DEFER_S under load"
+
+
+def test_failing_idle_work_is_logged_and_the_thread_serves_on(quick_idle, caplog):
+    def broken():
+        raise RuntimeError("idle work broke")
+
+    with caplog.at_level("ERROR", logger="captioner.model_thread"):
+        when_model_idle(broken)
+        assert wait_for(lambda: "idle work broke" in caplog.text)
+    assert on_model_thread(divmod, 7, 2) == (3, 1)
+
+
+def test_the_app_gives_memory_back_once_the_model_is_idle_not_after_every_batch(
+        captioner, photos, tmp_path, quick_idle, monkeypatch):
+    from captioner import ui
+
+    trims: list[tuple[str, float]] = []
+    monkeypatch.setattr(ui, "release_free_memory", lambda: trims.append((current_thread_name(), time.monotonic())))
+    service = ui.CaptionService(captioner, ui.AppLimits())
+    widgets = ["Beam search", 6, 2, 1.0, 50, 1.0, 1.0, 0, 1, -1]  # the settings as the page sends them
+    for index, image in enumerate(photos[:3]):  # three batches back to back: no trim between them
+        image.save(tmp_path / f"{index}.png")
+        (captions,) = service.caption([str(tmp_path / f"{index}.png")], *([value] for value in widgets))
+        assert captions[0] and not captions[0].startswith("Could not")
+    batches_done = time.monotonic()
+    assert not trims
+    assert wait_for(lambda: trims)
+    time.sleep(0.5)
+    assert len(trims) == 1 and trims[0][0] == THREAD_NAME and trims[0][1] - batches_done >= 0.15

@@ -18,13 +18,18 @@ Captioner next to the benchmark's baseline, must share it.
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import threading
+import time
 from concurrent.futures import Future
 from typing import Callable, ParamSpec, TypeVar
 
 THREAD_NAME = "captioner-model"
+IDLE_AFTER_S = 1.0  # no model work for this long: the thread is idle and runs its idle work
+MAX_DEFER_S = 60.0  # under unbroken load, idle work waits at most this long, then runs between jobs
+log = logging.getLogger("captioner.model_thread")
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -39,8 +44,24 @@ class _ModelThread:
         self.thread.start()
 
     def _serve(self) -> None:
+        idle_work: dict[Callable[[], object], None] = {}  # an ordered set: each function runs once
+        deferred_since = 0.0
         while True:
-            future, function, args, kwargs = self._jobs.get()
+            try:
+                item = self._jobs.get(timeout=IDLE_AFTER_S if idle_work else None)
+            except queue.Empty:
+                item = None
+            if idle_work and (item is None or time.monotonic() - deferred_since > MAX_DEFER_S):
+                _run_all(idle_work)
+                idle_work.clear()
+            if item is None:
+                continue
+            if isinstance(item, _IdleWork):
+                if not idle_work:
+                    deferred_since = time.monotonic()
+                idle_work[item.function] = None
+                continue
+            future, function, args, kwargs = item
             if not future.set_running_or_notify_cancel():
                 continue
             try:
@@ -49,16 +70,40 @@ class _ModelThread:
                 future.set_exception(error)
             else:
                 future.set_result(result)
-            del future, function, args, kwargs  # drop the job's tensors before waiting for the next
+            del item, future, function, args, kwargs  # drop the job's tensors before waiting for the next
 
     def run(self, function: Callable[..., T], args: tuple, kwargs: dict) -> T:
         future: Future = Future()
         self._jobs.put((future, function, args, kwargs))
         return future.result()
 
+    def when_idle(self, function: Callable[[], object]) -> None:
+        self._jobs.put(_IdleWork(function))
+
+
+class _IdleWork:
+    def __init__(self, function: Callable[[], object]) -> None:
+        self.function = function
+
+
+def _run_all(functions) -> None:
+    for function in functions:
+        try:
+            function()
+        except Exception:  # noqa: BLE001 - nobody waits on idle work to hear of its failure
+            log.exception("idle work %r failed", function)
+
 
 _model_thread: _ModelThread | None = None
 _start_lock = threading.Lock()
+
+
+def _the_model_thread() -> _ModelThread:
+    global _model_thread
+    with _start_lock:
+        if _model_thread is None or _model_thread.pid != os.getpid():  # a forked child has no thread
+            _model_thread = _ModelThread()
+        return _model_thread
 
 
 def on_model_thread(function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -69,14 +114,23 @@ def on_model_thread(function: Callable[P, T], *args: P.args, **kwargs: P.kwargs)
     >>> on_model_thread(sum, [1, 2, 3])
     6
     """
-    global _model_thread
-    with _start_lock:
-        if _model_thread is None or _model_thread.pid != os.getpid():  # a forked child has no thread
-            _model_thread = _ModelThread()
-        model_thread = _model_thread
+    model_thread = _the_model_thread()
     if threading.current_thread() is model_thread.thread:
         return function(*args, **kwargs)
     return model_thread.run(function, args, kwargs)
+
+
+def when_model_idle(function: Callable[[], object]) -> None:
+    """Run `function()` on the model thread once it has had no work for IDLE_AFTER_S, without
+    waiting for it. Under unbroken load it runs between two jobs once MAX_DEFER_S have passed.
+    Asked for again before it has run, it still runs once.
+
+    For housekeeping that would slow the next batch if it ran between batches: giving freed
+    memory back to the OS means the next batch faults it all in again.
+
+    >>> when_model_idle(release_free_memory)  # doctest: +SKIP
+    """
+    _the_model_thread().when_idle(function)
 
 
 def is_model_thread() -> bool:

@@ -28,6 +28,7 @@ from .errors import CaptionError, InvalidSettings, RequestTooLarge
 from .images import IMAGE_SUFFIXES, load_image
 from .inference import Caption, Captioner
 from .memory import release_free_memory
+from .model_thread import when_model_idle
 from .settings import BOUNDS, DEFAULT_SETTINGS, CaptionSettings
 
 log = logging.getLogger("captioner.app")
@@ -233,7 +234,9 @@ class CaptionService:
             started = time.perf_counter()
             captions = self.captioner.caption([r[1] for r in ready], [r[2] for r in ready])
             log.info("captioned a batch of %d in %.2f s", len(ready), time.perf_counter() - started)
-            release_free_memory()  # freed activations back to the OS: RSS stays flat (memory.py)
+            # Freed activations go back to the OS once the model is idle: RSS stays flat
+            # (memory.py), and batches under load reuse the memory instead of faulting it in anew.
+            when_model_idle(release_free_memory)
             for (index, _, _), image_captions in zip(ready, captions):
                 results[index] = image_captions
         return results  # type: ignore[return-value]
