@@ -37,12 +37,46 @@ def test_importing_app_exposes_demo_without_serving(running_app):
     assert isinstance(app.demo, gr.Blocks) and not app.demo.is_running
 
 
-def test_the_running_queue_polls_every_20_ms_not_every_1_ms(running_app):
-    from captioner.ui import QUEUE_POLL_S
+def test_the_running_queue_sleeps_until_work_arrives_instead_of_polling(running_app, monkeypatch):
+    from captioner import gradio_queue
 
     queue = running_app.demo._queue  # the queue launch() serves with, not a copy
-    assert queue.sleep_when_free == QUEUE_POLL_S == 0.02
-    assert queue.progress_update_sleep_when_free >= 0.1
+    assert running_app.demo.queue_finds_work == "woken by work"
+    assert queue.progress_update_sleep_when_free >= 1.0
+    waits = []
+    stock_wait = gradio_queue._WorkSignal.wait
+
+    async def counted_wait(self):
+        waits.append(time.monotonic())
+        await stock_wait(self)
+
+    monkeypatch.setattr(gradio_queue._WorkSignal, "wait", counted_wait)
+    time.sleep(2.0)  # idle: stock gradio looks for work 2000 times in this, at 20 ms 100 times
+    assert len(waits) <= 2.0 / gradio_queue.WAKE_CHECK_S + 2
+
+
+def test_a_request_to_an_idle_queue_starts_at_once_not_at_the_next_check(running_app, client, photo_file, monkeypatch):
+    from captioner import gradio_queue
+
+    monkeypatch.setattr(gradio_queue, "WAKE_CHECK_S", 30.0)  # only a wake-up can start it in time
+    path = photo_file(3)
+    client.predict(handle_file(str(path)), api_name="/caption")  # the loop now waits with the long timeout
+    time.sleep(0.2)
+    for _ in range(3):
+        started = time.monotonic()
+        assert client.predict(handle_file(str(path)), api_name="/caption")
+        assert time.monotonic() - started < 10.0
+
+
+def test_another_gradio_keeps_its_own_loop_and_polls_every_20_ms(captioner, monkeypatch):
+    from captioner import gradio_queue
+    from captioner.ui import build_demo
+
+    monkeypatch.setattr(gradio_queue, "_STOCK_LOOP_SHA256", "the source of some other gradio's loop")
+    demo = build_demo(captioner)
+    assert demo.queue_finds_work == "polled every 20 ms"
+    assert demo._queue.sleep_when_free == gradio_queue.QUEUE_POLL_S == 0.02
+    assert "start_processing" not in vars(demo._queue)  # gradio's own method, untouched
 
 
 def test_api_documents_caption_with_named_defaulted_settings(client):

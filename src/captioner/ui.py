@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import gradio as gr
 
 from .errors import CaptionError, InvalidSettings, RequestTooLarge
+from .gradio_queue import start_work_when_it_arrives, validate_one_request_at_a_time
 from .images import IMAGE_SUFFIXES, load_image
 from .inference import Caption, Captioner
 from .memory import release_free_memory
@@ -164,7 +165,7 @@ class CaptionService:
                  repetition_penalty, no_repeat_ngram_size, num_captions, seed):
         """Runs per request before it joins the queue: a bad request never reaches a batch.
 
-        Called with this one request's values (see _validate_one_request_at_a_time).
+        Called with this one request's values (see gradio_queue.validate_one_request_at_a_time).
         """
         settings = (strategy, max_length, num_beams, temperature, top_k, top_p,
                     repetition_penalty, no_repeat_ngram_size, num_captions, seed)
@@ -271,42 +272,6 @@ class CaptionService:
         return table, *write_downloads(rows)
 
 
-def _validate_one_request_at_a_time() -> None:
-    """gradio 6.31 runs an event's validator on the single incoming request but marks it batched
-    when the event is (`batch=True`), so it fails with "Batch size (11) exceeds the
-    max_batch_size". Validators look at one request by design: run them unbatched.
-    """
-    from gradio import queueing
-
-    stock = getattr(queueing.create_validator_fn, "__wrapped__", queueing.create_validator_fn)
-
-    def create_validator_fn(fn):
-        validator = stock(fn)
-        validator.batch = False
-        return validator
-
-    create_validator_fn.__wrapped__ = stock
-    queueing.create_validator_fn = create_validator_fn
-
-
-# gradio 6.31's queue loop looks for work every 1 ms, busy or idle: 6-7% of a core on this 2-core
-# machine, taken from the model's two threads while a batch runs. Every 20 ms delays the start of a
-# request or batch by 10 ms on average, under 1% of a caption.
-QUEUE_POLL_S = 0.02
-PROGRESS_POLL_S = 0.1  # no handler here reports progress
-
-
-def _poll_queue_less_often(demo: gr.Blocks) -> bool:
-    """Slow gradio's queue polling to QUEUE_POLL_S; False (nothing changed) on a gradio without it."""
-    queue = getattr(demo, "_queue", None)
-    if not hasattr(queue, "sleep_when_free"):
-        return False
-    queue.sleep_when_free = max(queue.sleep_when_free, QUEUE_POLL_S)
-    if hasattr(queue, "progress_update_sleep_when_free"):
-        queue.progress_update_sleep_when_free = max(queue.progress_update_sleep_when_free, PROGRESS_POLL_S)
-    return True
-
-
 def write_downloads(rows: list[dict[str, str]]) -> tuple[str, str]:
     directory = Path(tempfile.mkdtemp(prefix="captions-"))
     csv_path, jsonl_path = directory / "captions.csv", directory / "captions.jsonl"
@@ -332,7 +297,7 @@ def build_demo(captioner: Captioner, limits: AppLimits = AppLimits()) -> gr.Bloc
 
     >>> build_demo(Captioner.from_pretrained()).launch()  # doctest: +SKIP
     """
-    _validate_one_request_at_a_time()
+    validate_one_request_at_a_time()
     service = CaptionService(captioner, limits)
     CaptionImage.max_data_url_bytes = limits.max_file_mb * 1024 * 1024
     defaults = DEFAULT_SETTINGS
@@ -398,7 +363,7 @@ def build_demo(captioner: Captioner, limits: AppLimits = AppLimits()) -> gr.Bloc
             api_name="caption_many",
         )
     demo.queue(max_size=limits.queue_size, default_concurrency_limit=1, api_open=False)
-    _poll_queue_less_often(demo)
+    demo.queue_finds_work = start_work_when_it_arrives(demo)
     return demo
 
 
