@@ -168,3 +168,27 @@ def test_a_sped_up_model_keeps_no_mapping_of_its_checkpoint(tiny_checkpoint, tmp
     assert loaded.speedups.linear_kind == expected_kind
     assert loaded.caption([photo(1)])[0][0].text
     assert str(copy) not in Path("/proc/self/maps").read_text()
+
+
+def test_the_log_has_no_false_warning_about_padding_for_a_batch_of_images(captioner, photos):
+    import logging
+
+    from captioner import inference
+
+    generation_log = logging.getLogger("transformers.generation.utils")
+    records: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    generation_log.addHandler(handler)
+    (no_padding_filter,) = [f for f in generation_log.filters if isinstance(f, inference._NoPaddingToMask)]
+    try:
+        logging.Logger.warning_once.cache_clear()  # transformers logs it once per process
+        captioner.caption(photos[:2], CaptionSettings(max_length=6, num_beams=2))
+        assert not [r for r in records if "attention mask" in r]
+        generation_log.removeFilter(no_padding_filter)  # the same batch without the filter: it is there
+        logging.Logger.warning_once.cache_clear()
+        captioner.caption(photos[:2], CaptionSettings(max_length=6, num_beams=2))
+        assert [r for r in records if r.startswith("The attention mask is not set with a batched input")]
+    finally:
+        generation_log.addFilter(no_padding_filter)
+        generation_log.removeHandler(handler)

@@ -28,6 +28,20 @@ from .speedups import SpeedupReport, generation_scope, speed_up
 DEFAULT_MODEL = "nlpconnect/vit-gpt2-image-captioning"
 MODEL_ENV_VAR = "CAPTIONER_MODEL"
 log = logging.getLogger("captioner.inference")
+
+
+class _NoPaddingToMask(logging.Filter):
+    """Drops transformers' "The attention mask is not set with a batched input" warning, which
+    `generate` logs for every batch of two or more images because GPT-2's pad token is its EOS. It
+    is about padded text prompts; the decoder's prompt here is one start token, the same for every
+    image, so there is nothing to mask, and a Space's log should not tell of "unexpected behavior".
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("The attention mask is not set with a batched input")
+
+
+logging.getLogger("transformers.generation.utils").addFilter(_NoPaddingToMask())
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # "int8" loads fp32 weights and quantizes the linear layers (CPU, opt-in fast mode, not exact).
