@@ -173,6 +173,8 @@ def test_a_sped_up_model_keeps_no_mapping_of_its_checkpoint(tiny_checkpoint, tmp
 def test_the_log_has_no_false_warning_about_padding_for_a_batch_of_images(captioner, photos):
     import logging
 
+    from transformers.utils import logging as transformers_logging
+
     from captioner import inference
 
     generation_log = logging.getLogger("transformers.generation.utils")
@@ -181,6 +183,8 @@ def test_the_log_has_no_false_warning_about_padding_for_a_batch_of_images(captio
     handler.emit = lambda record: records.append(record.getMessage())
     generation_log.addHandler(handler)
     (no_padding_filter,) = [f for f in generation_log.filters if isinstance(f, inference._NoPaddingToMask)]
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_warning()  # as in the app; the CLI, tested earlier, sets "error"
     try:
         logging.Logger.warning_once.cache_clear()  # transformers logs it once per process
         captioner.caption(photos[:2], CaptionSettings(max_length=6, num_beams=2))
@@ -190,5 +194,6 @@ def test_the_log_has_no_false_warning_about_padding_for_a_batch_of_images(captio
         captioner.caption(photos[:2], CaptionSettings(max_length=6, num_beams=2))
         assert [r for r in records if r.startswith("The attention mask is not set with a batched input")]
     finally:
+        transformers_logging.set_verbosity(verbosity)
         generation_log.addFilter(no_padding_filter)
         generation_log.removeHandler(handler)
