@@ -1,4 +1,4 @@
-"""Two changes to gradio 6.31's queue, each checked against the gradio it was written for.
+"""Two changes to gradio 6.31's queue.
 
 1. Validators run unbatched. gradio 6.31 hands an event's validator the single incoming request
    but marks it batched when the event is (`batch=True`), so it fails with "Batch size (11)

@@ -28,6 +28,10 @@ from .speedups import SpeedupReport, generation_scope, speed_up
 DEFAULT_MODEL = "nlpconnect/vit-gpt2-image-captioning"
 MODEL_ENV_VAR = "CAPTIONER_MODEL"
 log = logging.getLogger("captioner.inference")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# "int8" loads fp32 weights and quantizes the linear layers (CPU, opt-in fast mode, not exact).
+PRECISIONS = (*DTYPES, "int8")
 
 
 class _NoPaddingToMask(logging.Filter):
@@ -42,10 +46,6 @@ class _NoPaddingToMask(logging.Filter):
 
 
 logging.getLogger("transformers.generation.utils").addFilter(_NoPaddingToMask())
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# "int8" loads fp32 weights and quantizes the linear layers (CPU, opt-in fast mode, not exact).
-PRECISIONS = (*DTYPES, "int8")
 
 
 @dataclass(frozen=True)
