@@ -68,6 +68,33 @@ def test_a_request_to_an_idle_queue_starts_at_once_not_at_the_next_check(running
         assert time.monotonic() - started < 10.0
 
 
+def test_the_monitoring_summary_is_not_rebuilt_after_every_request(running_app, client, photo_file, monkeypatch):
+    from captioner import gradio_queue
+
+    queue = running_app.demo._queue
+    assert queue.ANAYLTICS_CACHE_FREQUENCY == gradio_queue.ANALYTICS_SUMMARY_EVERY
+    rebuilds = []
+    stock_get_df = type(queue)._get_df
+
+    def counted_get_df(records):
+        rebuilds.append(len(records))
+        return stock_get_df(records)
+
+    monkeypatch.setattr(type(queue), "_get_df", staticmethod(counted_get_df))
+    path = str(photo_file(4))
+
+    def caption_five():
+        rebuilds.clear()
+        for _ in range(5):
+            assert client.predict(handle_file(path), api_name="/caption")
+        time.sleep(0.5)  # the summary is rebuilt after the answer is sent
+        return len(rebuilds)
+
+    assert caption_five() <= 1  # at most once, where the 5 cross a multiple of the interval
+    monkeypatch.setattr(queue, "ANAYLTICS_CACHE_FREQUENCY", 1)  # gradio's default
+    assert caption_five() == 5  # so the counting above sees every rebuild there is
+
+
 def test_another_gradio_keeps_its_own_loop_and_polls_every_20_ms(captioner, monkeypatch):
     from captioner import gradio_queue
     from captioner.ui import build_demo

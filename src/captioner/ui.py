@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import gradio as gr
 
 from .errors import CaptionError, InvalidSettings, RequestTooLarge
-from .gradio_queue import start_work_when_it_arrives, validate_one_request_at_a_time
+from .gradio_queue import start_work_when_it_arrives, summarise_analytics_rarely, validate_one_request_at_a_time
 from .images import IMAGE_SUFFIXES, load_image
 from .inference import Caption, Captioner
 from .memory import release_free_memory
@@ -364,6 +364,7 @@ def build_demo(captioner: Captioner, limits: AppLimits = AppLimits()) -> gr.Bloc
         )
     demo.queue(max_size=limits.queue_size, default_concurrency_limit=1, api_open=False)
     demo.queue_finds_work = start_work_when_it_arrives(demo)
+    summarise_analytics_rarely(demo)
     return demo
 
 
