@@ -8,13 +8,15 @@ generation config sets min_new_tokens=16 and the requests max_length=17, so EOS 
     python bench/speed.py                          # CPU: baseline, Captioner, app.py with 16 clients, int8
     python bench/speed.py --device cuda --no-app   # GPU: baseline vs fp32/fp16/bf16 batches
 
-Paths are measured in turn, round after round (--rounds), so every ratio compares runs that shared
-the same stretches of machine time: on a noisy VM a path measured a minute after another can run
-15% faster or slower for reasons of its own. An app server not being measured is paused (SIGSTOP).
-
-The app's throughput is its steady state: each round's 16 clients start at the same instant, so its
-first batch and its last are partial, and they are left out of the clock (`steady_window`); the
-"whole" column keeps them in. Captioner.caption's batches are always full.
+Latency: the paths take turns captioning single images, round after round (--rounds).
+Throughput: for each precision the paths take turns many times (--turns): the baseline captions one
+image, Captioner.caption one full batch, then the app runs for as long as that batch took, with 16
+gradio_client clients (bench/busy_clients.py, a process of their own) that each keep a request in
+flight, and is paused (SIGSTOP, server and clients) until its next turn. Its throughput is the
+answers per second of the time it was let run, from the end of its first batch (whoever got there
+first) to the last one answered before the clients stopped. So every ratio compares runs that
+shared the same few-second stretches of machine time: on this noisy VM, rounds of half a minute
+per path gave per-round ratios from 0.7x to 1.4x of the same code.
 
 Prints a table and one JSON line. Every ratio is against the baseline measured in the same run.
 """
@@ -28,10 +30,12 @@ import json
 import os
 import re
 import signal
+import statistics
+import subprocess
 import sys
 import tempfile
-import threading
 import time
+from multiprocessing.pool import ThreadPool
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,17 +134,16 @@ class Direct:
         _sync(str(self.captioner.device))
         return text
 
-    def caption_all(self, paths: list[str]) -> tuple[int, list[str], collections.Counter, None]:
-        """Returns images captioned, their captions, the batch sizes generate() ran, and None: every
-        batch is full, so the whole run is the steady state."""
+    def caption_batch(self, paths: list[str]) -> list[str]:
         self.captioner.generate_batch_sizes.clear()
         results = self.captioner.caption(paths, SETTINGS)
         _sync(str(self.captioner.device))
-        return len(paths), [r[0].text for r in results], collections.Counter(self.captioner.generate_batch_sizes), None
+        assert dict(self.captioner.generate_batch_sizes) == {len(paths): 1}, "one full batch per slice"
+        return [r[0].text for r in results]
 
     def warm_up(self, images: list[str]) -> None:
         self.caption_one(images[0])
-        self.caption_all(images[: self.batch])
+        self.caption_batch(images[: self.batch])
 
     def pause(self) -> None: ...
 
@@ -148,7 +151,12 @@ class Direct:
 
 
 class App:
-    """app.py in its own process, called over HTTP by gradio_client clients."""
+    """app.py in its own process, called over HTTP by gradio_client clients.
+
+    Single requests come from one client in this process. The concurrent load comes from
+    `clients` clients in a process of their own (bench/busy_clients.py), each keeping a request in
+    flight, so that pausing the app pauses its load with it.
+    """
 
     batched = True
 
@@ -159,63 +167,38 @@ class App:
         from load import launch_app, loopback_client
 
         self.name = f"app.py, {dtype}, {clients} gradio_client clients"
-        self.dtype, self.log_path = dtype, log_path
+        self.dtype, self.log_path, self.clients = dtype, log_path, clients
         self.max_batch_size = max_batch_size
         self._handle_file = handle_file
         started = time.perf_counter()
-        self.server, url = launch_app(
+        self.server, self.url = launch_app(
             ["--model", str(checkpoint), "--dtype", dtype, "--max-batch-size", str(max_batch_size),
              "--queue-size", "256"],
             log_path,
         )
-        # Connected before any clock starts: a concurrent client is a visitor with the page open.
-        self.clients = [loopback_client(url) for _ in range(clients)]
+        self.client = loopback_client(self.url)
         self.caption_one(first_image)
         self.cold_start_s = time.perf_counter() - started
-
-    def _caption(self, client, path: str) -> str:
-        return client.predict(self._handle_file(path), max_length=SETTINGS.max_length, api_name="/caption")
+        self.load: BusyClients | None = None
 
     def caption_one(self, path: str) -> str:
-        return self._caption(self.clients[0], path)
-
-    def caption_all(self, paths: list[str], requests: int | None = None
-                    ) -> tuple[int, list[str], collections.Counter, tuple[int, float] | None]:
-        """`requests` requests (default: one per path) over all the clients at once, cycling through
-        `paths`; returns requests answered, the captions of `paths`, the batch sizes the server's
-        queue formed, and the images and seconds of the run's steady state (`steady_window`)."""
-        requests = requests or len(paths)
-        log_mark = self.log_path.stat().st_size
-        results: dict[int, str] = {}
-        answered_at: list[float] = []
-        lock = threading.Lock()
-        counter = iter(range(requests))
-
-        def worker(client) -> None:
-            while True:
-                with lock:
-                    index = next(counter, None)
-                if index is None:
-                    return
-                text = self._caption(client, paths[index % len(paths)])
-                with lock:
-                    results[index] = text
-                    answered_at.append(time.perf_counter())
-
-        threads = [threading.Thread(target=worker, args=(client,)) for client in self.clients]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        with self.log_path.open() as log:
-            log.seek(log_mark)
-            batches = [int(n) for n in re.findall(r"captioned a batch of (\d+)", log.read())]
-        captions = [results[i] for i in range(min(len(paths), requests))]
-        return requests, captions, collections.Counter(batches), steady_window(answered_at, batches)
+        return self.client.predict(self._handle_file(path), max_length=SETTINGS.max_length, api_name="/caption")
 
     def warm_up(self, images: list[str]) -> None:
         self.caption_one(images[0])
-        self.caption_all(images, requests=2 * self.max_batch_size)
+        with ThreadPool(2 * self.max_batch_size) as pool:  # full batches, outside every clock
+            from load import loopback_client
+
+            clients = [loopback_client(self.url) for _ in range(2 * self.max_batch_size)]
+            pool.starmap(lambda c, p: c.predict(self._handle_file(p), max_length=SETTINGS.max_length,
+                                                api_name="/caption"),
+                         zip(clients, itertools.cycle(images)))
+
+    def batch_sizes_since(self, log_mark: int) -> list[int]:
+        """The sizes of the batches the server's queue formed since `log_mark`, in order."""
+        with self.log_path.open() as log:
+            log.seek(log_mark)
+            return [int(n) for n in re.findall(r"captioned a batch of (\d+)", log.read())]
 
     def peak_rss_mb(self) -> float:
         for line in Path(f"/proc/{self.server.pid}/status").read_text().splitlines():
@@ -225,30 +208,89 @@ class App:
 
     def pause(self) -> None:
         self.server.send_signal(signal.SIGSTOP)  # an idle server still polls: keep it off the CPU
+        if self.load:
+            self.load.process.send_signal(signal.SIGSTOP)
 
     def resume(self) -> None:
+        if self.load:
+            self.load.process.send_signal(signal.SIGCONT)
         self.server.send_signal(signal.SIGCONT)
 
     def close(self) -> None:
         self.resume()
+        if self.load:
+            self.load.process.kill()
         self.server.terminate()
         self.server.wait(timeout=60)
 
 
-def steady_window(answered_at: list[float], batches: list[int]) -> tuple[int, float] | None:
-    """Images and seconds from the end of a round's first batch to the end of its last-but-one.
+class BusyClients:
+    """bench/busy_clients.py for one app: started paused; each resume of the app lets it run."""
 
-    All clients start a round at the same instant, so the queue's first batch holds whoever got
-    there first (often 1-3 requests), and the last batch what is left over. Between the two, every
-    client has a request in flight and every batch is formed from a full queue: that stretch is the
-    throughput under 16 concurrent clients. Batches run one at a time, so the requests answered
-    first belong to the first batch, and so on. None when the round had fewer than three batches.
-    """
-    if len(batches) < 3 or sum(batches) != len(answered_at):
-        return None
+    def __init__(self, app: App, images: list[str], answers: Path) -> None:
+        self.answers = answers
+        self.process = subprocess.Popen(
+            [sys.executable, str(ROOT / "bench" / "busy_clients.py"), app.url, str(answers), *images,
+             "--clients", str(app.clients), "--max-length", str(SETTINGS.max_length)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        if self.process.stdout.readline().strip() != "ready":
+            raise SystemExit("bench/busy_clients.py did not start")
+        self.process.send_signal(signal.SIGSTOP)
+        self.command("go")  # read when the process is next let run
+
+    def command(self, line: str) -> None:
+        self.process.stdin.write(line + "\n")
+        self.process.stdin.flush()
+
+    def finish(self) -> list[dict]:
+        """Stop issuing requests, let the ones in flight be answered; returns every answer."""
+        self.command("stop")
+        if self.process.wait(timeout=600) != 0:
+            raise SystemExit(f"a busy client's request failed; see {self.answers}")
+        return [json.loads(line) for line in self.answers.read_text().splitlines()]
+
+
+class RunningClock:
+    """The seconds a path has been let run (resumed), however its turns were spread out."""
+
+    def __init__(self) -> None:
+        self.turns: list[tuple[float, float]] = []
+
+    def add(self, began: float, ended: float) -> None:
+        self.turns.append((began, ended))
+
+    def at(self, t: float) -> float:
+        return sum(max(0.0, min(t, ended) - began) for began, ended in self.turns)
+
+    def turn_of(self, t: float) -> int:
+        """The index of the turn in which `t` fell (the last turn for anything after it)."""
+        return next((i for i, (_, ended) in enumerate(self.turns) if t <= ended), len(self.turns) - 1)
+
+
+def batch_ends(answered_at: list[float], batches: list[int]) -> list[float]:
+    """When each of the server's batches was answered: batches run one at a time, so the requests
+    answered first belong to the first batch, and so on; a batch's end is its last answer."""
+    if sum(batches) != len(answered_at):
+        raise SystemExit(f"the server's log has {sum(batches)} batched requests, the clients {len(answered_at)} answers")
     times = sorted(answered_at)
-    ends = list(itertools.accumulate(batches))  # how many answers there are once each batch is done
-    return sum(batches[1:-1]), times[ends[-2] - 1] - times[ends[0] - 1]
+    return [times[end - 1] for end in itertools.accumulate(batches)]
+
+
+def steady_blocks(ends: list[float], batches: list[int], clock: RunningClock, until: float,
+                  turn_block: list[int]) -> list[tuple[int, float]]:
+    """Images and running seconds of each block of turns, from the end of the first batch (which
+    held only the clients that got there first) to the end of the last batch answered before
+    `until` (when the clients stopped asking). Each later batch counts in the block where it
+    ended, from the end of the batch before it, so the blocks add up to the whole window."""
+    blocks = [(0, 0.0)] * (max(turn_block) + 1)
+    for index in range(1, len(batches)):
+        if ends[index] > until:
+            break
+        block = turn_block[clock.turn_of(ends[index])]
+        images, seconds = blocks[block]
+        blocks[block] = (images + batches[index], seconds + clock.at(ends[index]) - clock.at(ends[index - 1]))
+    return blocks
 
 
 def _sync(device: str) -> None:
@@ -257,17 +299,18 @@ def _sync(device: str) -> None:
 
 
 class Tally:
-    """One path's measurements: per round, single-request latencies and batched images/seconds."""
+    """One path's measurements: single-request latencies per round; batched images and running
+    seconds per block of turns; the captions of each image."""
 
-    def __init__(self, rounds: int) -> None:
+    def __init__(self, rounds: int, blocks: int) -> None:
         self.latencies: list[list[float]] = [[] for _ in range(rounds)]
-        self.images = [0] * rounds  # all the round's batched work...
-        self.seconds = [0.0] * rounds
-        self.window_images = [0] * rounds  # ...and the part its throughput is measured on (app: steady state)
-        self.window_seconds = [0.0] * rounds
+        self.blocks = [(0, 0.0)] * blocks
         self.single_captions: dict[str, str] = {}
         self.batch_sizes: collections.Counter = collections.Counter()
-        self.captions: list[str] = []
+        self.captions: dict[str, str] = {}
+
+    def add(self, block: int, images: int, seconds: float) -> None:
+        self.blocks[block] = (self.blocks[block][0] + images, self.blocks[block][1] + seconds)
 
     @property
     def latency_s(self) -> float:
@@ -275,62 +318,96 @@ class Tally:
         return sum(every) / len(every)
 
     @property
-    def images_per_s(self) -> float:
-        """Batched images per second; one at a time (1 / latency) for a path that does not batch."""
-        if sum(self.window_seconds):
-            return sum(self.window_images) / sum(self.window_seconds)
-        return 1 / self.latency_s
+    def images(self) -> int:
+        return sum(images for images, _ in self.blocks)
 
     @property
-    def whole_round_images_per_s(self) -> float:
-        return sum(self.images) / sum(self.seconds) if sum(self.seconds) else 1 / self.latency_s
+    def images_per_s(self) -> float:
+        seconds = sum(seconds for _, seconds in self.blocks)
+        return self.images / seconds if seconds else float("nan")
 
-    def round_images_per_s(self, index: int) -> float:
-        if self.window_seconds[index]:
-            return self.window_images[index] / self.window_seconds[index]
-        return len(self.latencies[index]) / sum(self.latencies[index])
+    def block_images_per_s(self, index: int) -> float:
+        images, seconds = self.blocks[index]
+        return images / seconds if seconds else float("nan")
 
 
-def measure(paths: list, images: list[str], single: list[str], rounds: int, workload: list[str]) -> dict[str, Tally]:
-    """Each round: the paths take turns captioning `single` one image at a time (path 1 image 1,
-    path 2 image 1, ..., path 1 image 2, ...), then each batched path captions `workload`, a list of
-    image paths that cycles through `images`.
-
-    Single requests take turns image by image because this VM's speed drifts by 10-30% over
-    minutes: a path whose requests all came a minute after another's could gain or lose that much
-    for reasons of its own, while taking turns gives every path the same stretches of machine time.
-    """
-    tallies = {path.name: Tally(rounds) for path in paths}
-
-    def on(path, work):
-        path.resume()
-        try:
-            return work()
-        finally:
-            path.pause()
-
+def measure_latency(paths: list, tallies: dict[str, Tally], single: list[str], rounds: int) -> None:
+    """Each round the paths take turns captioning `single` one image at a time: path 1 image 1,
+    path 2 image 1, ..., path 1 image 2, ... This VM's speed drifts by 10-30% over minutes; taking
+    turns gives every path the same stretches of machine time."""
     for index in range(rounds):
         for image in single:
             for path in paths:
                 tally = tallies[path.name]
                 began = time.perf_counter()
-                tally.single_captions[image] = on(path, lambda: path.caption_one(image))
+                path.resume()
+                try:
+                    tally.single_captions[image] = path.caption_one(image)
+                finally:
+                    path.pause()
                 tally.latencies[index].append(time.perf_counter() - began)
-        for path in paths:
-            if not path.batched:
-                continue
+        print(f"latency round {index + 1}/{rounds}: " + ", ".join(
+            f"{name.split(',')[0]} {1000 * statistics.mean(t.latencies[index]):.0f} ms"
+            for name, t in tallies.items()), flush=True)
+
+
+def measure_throughput(baseline: ModelCard, paths: list, tallies: dict[str, Tally], images: list[str],
+                       turns: int, workdir: Path) -> None:
+    """Throughput of one precision's paths, taking turns many times: in each turn the baseline
+    captions one image, each Captioner.caption path one full batch, and the app runs with its
+    clients for as long as the Captioner's batch took (every client keeping a request in flight),
+    then is paused. The app's time is the time it was let run; its load never stops in between,
+    so the queue is in its steady state except at the very start and end, which are left out.
+
+    Turns of a few seconds keep every ratio to stretches of machine time that the paths shared:
+    on this VM, rounds of half a minute per path gave per-round ratios from 0.7x to 1.4x."""
+    blocks = len(tallies[baseline.name].blocks)
+    turn_block = [turn * blocks // turns for turn in range(turns)]
+    apps = [p for p in paths if isinstance(p, App)]
+    clocks = {app.name: RunningClock() for app in apps}
+    log_marks = {}
+    for app in apps:
+        app.resume()
+        log_marks[app.name] = app.log_path.stat().st_size
+        app.load = BusyClients(app, images, workdir / f"answers-{app.dtype}.jsonl")
+        app.pause()
+    cycle = itertools.cycle(images)
+    last_slice_s = 1.0
+    for turn in range(turns):
+        block = turn_block[turn]
+        for path in [baseline, *paths]:
             tally = tallies[path.name]
+            if isinstance(path, App):
+                began = time.perf_counter()
+                path.resume()
+                time.sleep(last_slice_s)
+                path.pause()
+                clocks[path.name].add(began, time.perf_counter())
+                continue
+            batch = [next(cycle) for _ in range(path.batch if path.batched else 1)]
             began = time.perf_counter()
-            count, captions, sizes, steady = on(path, lambda: path.caption_all(workload))
-            tally.seconds[index] = time.perf_counter() - began
-            tally.images[index] = count
-            # The app's steady state when the round had one; the Captioner's batches are all full.
-            tally.window_images[index], tally.window_seconds[index] = steady or (count, tally.seconds[index])
-            tally.batch_sizes.update(sizes)
-            tally.captions = captions[: len(images)]
-        print(f"round {index + 1}/{rounds}: " + ", ".join(
-            f"{name.split(',')[0]} {t.round_images_per_s(index):.2f}/s" for name, t in tallies.items()), flush=True)
-    return tallies
+            captions = path.caption_batch(batch) if path.batched else [path.caption_one(batch[0])]
+            last_slice_s = time.perf_counter() - began
+            tally.add(block, len(batch), last_slice_s)
+            if path.batched:
+                tally.batch_sizes[len(batch)] += 1
+                tally.captions.update(zip(batch, captions))
+    for app in apps:
+        until = time.perf_counter()
+        app.resume()
+        answers = app.load.finish()
+        clocks[app.name].add(until, time.perf_counter())
+        app.pause()
+        app.load = None
+        batches = app.batch_sizes_since(log_marks[app.name])
+        ends = batch_ends([a["t"] for a in answers], batches)
+        tally = tallies[app.name]
+        for block, (count, seconds) in enumerate(steady_blocks(ends, batches, clocks[app.name], until, turn_block)):
+            tally.add(block, count, seconds)
+        tally.batch_sizes.update(batches)
+        tally.captions.update((images[a["image"]], a["caption"]) for a in answers)
+    print(", ".join(f"{name.split(',')[0]} {t.images_per_s:.2f}/s" for name, t in tallies.items()
+                    if name == baseline.name or any(p.name == name for p in paths)), flush=True)
 
 
 def agreement(a: list[str], b: list[str]) -> float | None:
@@ -343,17 +420,19 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--size", choices=["full", "tiny"], default="full",
                         help="tiny: a seconds-long smoke run of this script, not a measurement")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--images", type=int, default=16, help="distinct images for throughput")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of single requests (latency)")
     parser.add_argument("--single", type=int, default=4, help="images captioned one at a time per round")
+    parser.add_argument("--turns", type=int, default=24, help="turns per precision (throughput)")
+    parser.add_argument("--blocks", type=int, default=3, help="the turns are reported in this many blocks")
+    parser.add_argument("--images", type=int, default=16, help="distinct images for throughput")
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--requests", type=int, default=64,
-                        help="images per round for each batched path: app requests, and as many for Captioner.caption")
     parser.add_argument("--max-batch-size", type=int, default=8)
     parser.add_argument("--no-app", action="store_true", help="skip the app runs (no gradio, e.g. on a GPU box)")
     parser.add_argument("--no-int8", action="store_true")
     parser.add_argument("--gpu-batches", default="8,32,64")
     args = parser.parse_args()
+    if args.turns < args.blocks:
+        parser.error("--turns must be at least --blocks")
 
     workdir = Path(tempfile.mkdtemp(prefix="speed-bench-"))
     checkpoint = build_checkpoint(workdir, args.size)
@@ -371,49 +450,54 @@ def main() -> None:
     baseline = ModelCard(checkpoint, args.device)
     paths: list = [baseline]
     apps: list[App] = []
+    phases: dict[str, list] = {}  # precision -> its batched paths, measured together
     try:
         for dtype in precisions:
-            for batch in batches:
-                paths.append(Direct(checkpoint, args.device, dtype, batch))
+            phases[dtype] = [Direct(checkpoint, args.device, dtype, batch) for batch in batches]
             if on_cpu and not args.no_app:
                 app = App(checkpoint, dtype, args.max_batch_size, args.clients,
                           workdir / f"app-{dtype}.log", images[0])
                 app.pause()
                 apps.append(app)
-                paths.append(app)
+                phases[dtype].append(app)
+            paths.extend(phases[dtype])
         for path in paths:  # warm-up, outside every clock
             path.resume()
             path.warm_up(images)
             path.pause()
-        # The same work for Captioner.caption as for the app, so both are timed over equally long
-        # stretches of this noisy machine; on a GPU, at least two batches of the largest size.
-        count = args.requests if on_cpu else max(args.requests, 2 * max(batches))
-        workload = list(itertools.islice(itertools.cycle(images), count))
-        tallies = measure(paths, images, single, args.rounds, workload)
+        tallies = {path.name: Tally(args.rounds, args.blocks) for path in paths}
+        measure_latency(paths, tallies, single, args.rounds)
+        base_tallies = {dtype: Tally(args.rounds, args.blocks) for dtype in phases}  # the baseline, per phase
+        for dtype, phase_paths in phases.items():
+            phase_tallies = {baseline.name: base_tallies[dtype], **{p.name: tallies[p.name] for p in phase_paths}}
+            measure_throughput(baseline, phase_paths, phase_tallies, images, args.turns, workdir)
         peak_rss = {app.name: app.peak_rss_mb() for app in apps}
     finally:
         for app in apps:
             app.close()
 
     base = tallies[baseline.name]
+    base.blocks = [(sum(t.blocks[i][0] for t in base_tallies.values()), sum(t.blocks[i][1] for t in base_tallies.values()))
+                   for i in range(args.blocks)]
+    base_of = {p.name: base_tallies[dtype] for dtype, phase_paths in phases.items() for p in phase_paths}
+    base_of[baseline.name] = base
     default_name = paths[1].name
     rows = []
-    report: dict = {"machine": machine, "rounds": args.rounds, "runs": {}}
+    report: dict = {"machine": machine, "rounds": args.rounds, "turns": args.turns, "blocks": args.blocks, "runs": {}}
     for path in paths:
-        tally = tallies[path.name]
+        tally, path_base = tallies[path.name], base_of[path.name]
         row = {
             "images_per_s": tally.images_per_s,
-            "images": sum(tally.images),  # captioned in the batched runs, all rounds
-            "measured_images": sum(tally.window_images),  # of which in the throughput window
-            "whole_round_images_per_s": tally.whole_round_images_per_s,
-            "whole_round_x_baseline": tally.whole_round_images_per_s / base.images_per_s,
-            "throughput_x_baseline": tally.images_per_s / base.images_per_s,
-            "throughput_x_baseline_per_round": [
-                tally.round_images_per_s(i) / base.round_images_per_s(i) for i in range(args.rounds)],
+            "measured_images": tally.images,  # captioned in the throughput turns (the app: its steady state)
+            "throughput_x_baseline": tally.images_per_s / path_base.images_per_s,
+            "throughput_x_baseline_per_block": [
+                tally.block_images_per_s(i) / path_base.block_images_per_s(i) for i in range(args.blocks)],
             "latency_s": tally.latency_s,
             "latency_x_baseline": tally.latency_s / base.latency_s,
             "equal_to_baseline": agreement([tally.single_captions[i] for i in single], [base.single_captions[i] for i in single]),
-            "agreement_with_default": agreement(tally.captions, tallies[default_name].captions) if path.batched else None,
+            "agreement_with_default": agreement([tally.captions.get(i) for i in images],
+                                                [tallies[default_name].captions.get(i) for i in images])
+            if path.batched else None,
             "batch_sizes": dict(sorted(tally.batch_sizes.items(), reverse=True)),
         }
         if isinstance(path, Direct):
@@ -422,18 +506,19 @@ def main() -> None:
             row.update(peak_rss_mb=peak_rss[path.name], cold_start_s=path.cold_start_s)
             direct = next(tallies[p.name] for p in paths if isinstance(p, Direct) and p.dtype == path.dtype)
             row["app_overhead_throughput"] = direct.images_per_s / tally.images_per_s - 1
+            row["app_overhead_throughput_per_block"] = [
+                direct.block_images_per_s(i) / tally.block_images_per_s(i) - 1 for i in range(args.blocks)]
             row["app_overhead_latency"] = tally.latency_s / direct.latency_s - 1
         rows.append((path.name, row))
-        report["runs"][path.name] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}
+        report["runs"][path.name] = _rounded(row)
 
     print()
-    print(f"{'run':<50} {'images/s':>8} {'x base':>6} {'per round':>16} {'whole':>6} {'latency s':>9} {'x base':>6} "
+    print(f"{'run':<50} {'images/s':>8} {'x base':>6} {'per block':>16} {'latency s':>9} {'x base':>6} "
           f"{'= base':>6} {'= fp32':>6} {'peak RSS MB':>11} {'cold s':>6}  batch sizes")
     for name, r in rows:
-        per_round = " ".join(f"{x:.2f}" for x in r["throughput_x_baseline_per_round"])
+        per_block = " ".join(f"{x:.2f}" for x in r["throughput_x_baseline_per_block"])  # nan: nothing ended there
         print(
-            f"{name:<50} {r['images_per_s']:>8.2f} {r['throughput_x_baseline']:>6.2f} {per_round:>16} "
-            f"{r['whole_round_x_baseline']:>6.2f} "
+            f"{name:<50} {r['images_per_s']:>8.2f} {r['throughput_x_baseline']:>6.2f} {per_block:>16} "
             f"{r['latency_s']:>9.3f} {r['latency_x_baseline']:>6.2f} {_pct(r['equal_to_baseline']):>6} "
             f"{_pct(r['agreement_with_default']):>6} {_num(r.get('peak_rss_mb')):>11} "
             f"{_num(r.get('cold_start_s'), 1):>6}  {_sizes(r['batch_sizes'])}"
@@ -443,9 +528,21 @@ def main() -> None:
             print(f"{name}: linear layers on {r['linear_kind']}")
     for name, r in rows:
         if "app_overhead_throughput" in r:
-            print(f"{name}: adds {100 * r['app_overhead_throughput']:.0f}% to throughput time and "
-                  f"{100 * r['app_overhead_latency']:.0f}% to latency over Captioner.caption")
+            per_block = ", ".join(f"{100 * x:.0f}%" for x in r["app_overhead_throughput_per_block"])
+            print(f"{name}: adds {100 * r['app_overhead_throughput']:.0f}% to throughput time (blocks: {per_block}) "
+                  f"and {100 * r['app_overhead_latency']:.0f}% to latency over Captioner.caption")
     print(json.dumps(report))
+
+
+def _rounded(value):
+    """For the JSON line: floats to 4 places, and None for a block with nothing measured in it."""
+    if isinstance(value, float):
+        return round(value, 4) if value == value else None
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    return value
 
 
 def _pct(value) -> str:

@@ -18,7 +18,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench" / "speed.py"
 def test_speed_bench_smoke_run_reports_every_path():
     done = subprocess.run(
         [sys.executable, str(BENCH), "--size", "tiny", "--rounds", "2", "--images", "3", "--single", "2",
-         "--requests", "6", "--clients", "3"],
+         "--turns", "12", "--blocks", "2", "--clients", "3"],
         capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -26,34 +26,53 @@ def test_speed_bench_smoke_run_reports_every_path():
     runs = report["runs"]
     names = list(runs)
     assert names[0].startswith("baseline") and len(names) == 5
-    direct, app, direct_int8, app_int8 = (runs[n] for n in names[1:])
+    base, direct, app, direct_int8, app_int8 = (runs[n] for n in names)
     assert "float32" in names[1] and "float32" in names[2] and "int8" in names[3] and "int8" in names[4]
     # The default mode is exact: the core and the app give the model card's captions.
     assert direct["equal_to_baseline"] == 1.0 and app["equal_to_baseline"] == 1.0
     assert direct["agreement_with_default"] == 1.0 and app["agreement_with_default"] == 1.0
     assert 0.0 <= app_int8["agreement_with_default"] <= 1.0
     for run in runs.values():
-        assert run["images_per_s"] > 0 and run["latency_s"] > 0
-        assert len(run["throughput_x_baseline_per_round"]) == 2
-    # Every app request went through a batch the queue formed, 6 per round.
+        assert run["latency_s"] > 0 and len(run["throughput_x_baseline_per_block"]) == 2
+    # The baseline captions one image a turn, Captioner.caption one full batch: 12 turns per precision.
+    assert base["measured_images"] == 2 * 12 and base["images_per_s"] > 0
+    for batched in (direct, direct_int8):
+        assert batched["batch_sizes"] == {"8": 12} and batched["measured_images"] == 8 * 12
+        assert batched["images_per_s"] > 0
     for app_run in (app, app_int8):
-        assert sum(int(size) * count for size, count in app_run["batch_sizes"].items()) == 12
+        # Every request the busy clients made went through a batch the queue formed; the steady
+        # state leaves out at least the first batch.
+        answered = sum(int(size) * count for size, count in app_run["batch_sizes"].items())
+        assert 0 <= app_run["measured_images"] < answered
         assert app_run["peak_rss_mb"] > 100 and app_run["cold_start_s"] > 0
-        assert "app_overhead_throughput" in app_run
-    assert app["images"] == app_int8["images"] == 12
-    for app_run in (app, app_int8):  # steady state where a round had one, else the whole round
-        assert 0 < app_run["measured_images"] <= app_run["images"]
-        assert app_run["whole_round_images_per_s"] > 0
-    for batched in (direct, direct_int8):  # at least two copies of the 3 images per round
-        assert batched["images"] >= 12
-        assert sum(int(size) * count for size, count in batched["batch_sizes"].items()) == batched["images"]
+        assert "app_overhead_throughput" in app_run and len(app_run["app_overhead_throughput_per_block"]) == 2
 
 
-def test_steady_window_leaves_out_the_first_and_last_batch():
-    from speed import steady_window  # bench/ is on sys.path (conftest.py)
+def test_running_clock_counts_only_the_turns_a_path_was_let_run():
+    from speed import RunningClock  # bench/ is on sys.path (conftest.py)
 
-    # Batches of 2, 3, 3 and 1, one after another; answers arrive unordered from the client threads.
-    answered_at = [1.0, 1.01, 4.0, 4.02, 4.01, 7.5, 7.52, 7.51, 9.0]
-    assert steady_window(list(reversed(answered_at)), [2, 3, 3, 1]) == pytest.approx((6, 7.52 - 1.01))
-    assert steady_window(answered_at[:5], [2, 3]) is None  # no batch between the first and the last
-    assert steady_window(answered_at, [2, 3, 3]) is None  # the log and the answers disagree
+    clock = RunningClock()
+    clock.add(10.0, 12.0)
+    clock.add(20.0, 23.0)
+    assert [clock.at(t) for t in (5.0, 11.0, 15.0, 21.0, 30.0)] == pytest.approx([0.0, 1.0, 2.0, 3.0, 5.0])
+    assert [clock.turn_of(t) for t in (11.0, 15.0, 99.0)] == [0, 1, 1]
+
+
+def test_the_app_window_leaves_out_its_first_batch_and_what_ended_after_the_clients_stopped():
+    from speed import RunningClock, batch_ends, steady_blocks
+
+    clock = RunningClock()
+    for began, ended in [(0.0, 10.0), (20.0, 30.0), (40.0, 50.0)]:  # three turns; paused between
+        clock.add(began, ended)
+    batches = [2, 3, 3, 3, 1]
+    answered_at = [1.0, 1.01, 5.0, 5.01, 5.02, 25.0, 25.01, 25.02, 45.0, 45.01, 45.02, 55.0]
+    ends = batch_ends(list(reversed(answered_at)), batches)  # answers arrive unordered
+    assert ends == [1.01, 5.02, 25.02, 45.02, 55.0]
+    # Turns 0 and 1 are block 0, turn 2 block 1; the clients stopped asking at 50.
+    blocks = steady_blocks(ends, batches, clock, 50.0, [0, 0, 1])
+    assert [images for images, _ in blocks] == [3 + 3, 3]
+    # Running seconds from the end of the batch before: 5.02 - 1.01, then 10 of the 14.98 between
+    # 5.02 and 25.02 (the pause is not counted), then 10 again.
+    assert [seconds for _, seconds in blocks] == pytest.approx([4.01 + 10.0, 10.0])
+    with pytest.raises(SystemExit, match="12 answers"):
+        batch_ends(answered_at, [2, 3])  # the server's log and the answers disagree
