@@ -185,14 +185,17 @@ class App:
         return self.client.predict(self._handle_file(path), max_length=SETTINGS.max_length, api_name="/caption")
 
     def warm_up(self, images: list[str]) -> None:
-        self.caption_one(images[0])
-        with ThreadPool(2 * self.max_batch_size) as pool:  # full batches, outside every clock
-            from load import loopback_client
+        """One request alone, then two full batches' worth at once, outside every clock."""
+        from load import loopback_client
 
-            clients = [loopback_client(self.url) for _ in range(2 * self.max_batch_size)]
+        self.caption_one(images[0])
+        clients = [loopback_client(self.url) for _ in range(2 * self.max_batch_size)]
+        with ThreadPool(len(clients)) as pool:
             pool.starmap(lambda c, p: c.predict(self._handle_file(p), max_length=SETTINGS.max_length,
                                                 api_name="/caption"),
                          zip(clients, itertools.cycle(images)))
+        for client in clients:
+            client.close()  # their heartbeat threads would otherwise wake this process all run long
 
     def batch_sizes_since(self, log_mark: int) -> list[int]:
         """The sizes of the batches the server's queue formed since `log_mark`, in order."""
