@@ -108,7 +108,7 @@ def shapes_data(tmp_path_factory):
 def fine_tuned(shapes_base, shapes_data, tmp_path_factory):
     output = tmp_path_factory.mktemp("fine-tuned")
     config = TrainConfig(output=str(output), model=str(shapes_base),
-                         epochs=10, batch_size=16, learning_rate=2e-3, validation_share=0.1, seed=0,
+                         epochs=20, batch_size=16, learning_rate=2e-3, validation_share=0.1, seed=0,
                          progress=False)
     summary = train(config, load_dataset(shapes_data / "train"))
     return output, summary
@@ -126,7 +126,9 @@ def test_fine_tuning_learns_the_synthetic_captions(shapes_base, shapes_data, fin
     right_after = sum(names_right_thing(after["predictions"][str(k)], r) for k, r in references.items())
     right_before = sum(names_right_thing(before["predictions"][str(k)], r) for k, r in references.items())
     sample = list(after["predictions"].values())[:6]
-    # Measured: 24 of 24 (and 60 of 60 on a larger held-out draw); untrained: none.
+    # Measured on an Intel Xeon, 2026-12-02: 24 of 24 for training seeds 0, 1 and 2 (119 of 120 on a
+    # larger held-out draw); untrained: none. 10 epochs, enough on the earlier AMD machines, gave
+    # 14-18 of 24 there: colour learned, shape not yet (validation loss still falling).
     assert right_after >= 0.9 * len(references) and right_before <= 0.2 * len(references), (right_after, sample)
     assert after["metrics"]["BLEU-4"] > 0.8 > before["metrics"]["BLEU-4"] + 0.5, (after["metrics"], before["metrics"])
     rows = list(csv.DictReader((output / "eval.csv").open()))
