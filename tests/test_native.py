@@ -14,24 +14,36 @@ from captioner.speedups import NativeLinear, PackedLinear, speed_up
 from conftest import photo
 
 
-@pytest.fixture
-def kernel():
-    found, why_not = native.linear_kernel()
+@pytest.fixture(params=native.usable_instruction_sets())
+def kernel(request):
+    """Each build this CPU can run: on an AVX-512 machine the AVX2 build is checked too."""
+    found, why_not = native.build_kernel(request.param)
     # CI installs a C compiler and runs on x86-64 with AVX2: a missing kernel there is a failure.
     assert found is not None, why_not
     return found
+
+
+def test_the_kernel_in_use_is_the_widest_this_cpu_runs():
+    # CI runs on x86-64 with AVX2 at least; the list is empty only where the kernel cannot run.
+    assert native.usable_instruction_sets(), torch.backends.cpu.get_cpu_capability()
+    found, why_not = native.linear_kernel()
+    assert found is not None, why_not
+    assert found.instruction_set == native.usable_instruction_sets()[0]
+    assert found.panel == {"avx512": 48, "avx2": 24}[found.instruction_set]
 
 
 @pytest.fixture
 def fresh_kernel_lookup():
     """Let a test change the environment the kernel is looked up in; forget its result after."""
     native.linear_kernel.cache_clear()
+    native.build_kernel.cache_clear()
     yield
     native.linear_kernel.cache_clear()
+    native.build_kernel.cache_clear()
 
 
-@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 9, 33])
-@pytest.mark.parametrize("inner, out_features", [(768, 2304), (37, 1), (64, 33), (8, 24), (3072, 769)])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 9, 12, 13, 33])
+@pytest.mark.parametrize("inner, out_features", [(768, 2304), (37, 1), (64, 33), (8, 24), (8, 48), (3072, 769)])
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_kernel_equals_torch_linear(kernel, rows, inner, out_features, with_bias):
     generator = torch.Generator().manual_seed(rows * 1000 + inner + out_features)
@@ -46,21 +58,22 @@ def test_kernel_equals_torch_linear(kernel, rows, inner, out_features, with_bias
 
 
 def test_packing_pads_to_whole_panels_with_zeros(kernel):
-    weight = torch.randn(30, 5)
+    width = kernel.panel
+    weight = torch.randn(width + 6, 5)
     packed = kernel.pack(weight)
-    assert packed.shape == (2, 5, native.PANEL) and packed.is_contiguous()
-    assert torch.equal(packed[0].t(), weight[:24]) and torch.equal(packed[1, :, :6].t(), weight[24:])
+    assert packed.shape == (2, 5, width) and packed.is_contiguous()
+    assert torch.equal(packed[0].t(), weight[:width]) and torch.equal(packed[1, :, :6].t(), weight[width:])
     assert not packed[1, :, 6:].any()
 
 
 def test_kernel_refuses_what_it_cannot_read(kernel):
-    x, packed = torch.randn(4, 16), kernel.pack(torch.randn(8, 16))
+    x, packed = torch.randn(4, 16), kernel.pack(torch.randn(8, 16))  # one panel, 8 columns used
     with pytest.raises(TypeError, match="fp32"):
         kernel.linear(x.double(), packed, None, 8)
     with pytest.raises(ValueError, match="shapes"):
         kernel.linear(torch.randn(4, 15), packed, None, 8)
     with pytest.raises(ValueError, match="shapes"):
-        kernel.linear(x, packed, None, 25)
+        kernel.linear(x, packed, None, kernel.panel + 1)  # two panels
     with pytest.raises(ValueError, match="shapes"):
         kernel.linear(x, packed, torch.randn(7), 8)
     with pytest.raises(ValueError, match="contiguous"):
@@ -122,6 +135,7 @@ def test_without_a_compiler_the_captions_are_still_exact(tiny_checkpoint, monkey
     fallback = Captioner.from_pretrained(tiny_checkpoint)
     assert fallback.speedups.linear_kind == "onednn" and "did not build" in fallback.speedups.skipped
     native.linear_kernel.cache_clear()
+    native.build_kernel.cache_clear()
     monkeypatch.delenv("CC")
     kernel = Captioner.from_pretrained(tiny_checkpoint)
     assert kernel.speedups.linear_kind == "native"
