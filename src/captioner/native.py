@@ -77,9 +77,10 @@ class LinearKernel:
         if not (x.is_contiguous() and packed.is_contiguous() and (bias is None or bias.is_contiguous())):
             raise ValueError("the native kernel takes contiguous tensors")
         y = torch.empty(rows, out_features)
-        if rows:
-            self.function(x.data_ptr(), rows, inner, packed.data_ptr(), None if bias is None else bias.data_ptr(),
-                          y.data_ptr(), out_features, torch.get_num_threads())
+        if rows and self.function(x.data_ptr(), rows, inner, packed.data_ptr(),
+                                  None if bias is None else bias.data_ptr(), y.data_ptr(), out_features,
+                                  torch.get_num_threads()):
+            raise MemoryError("the native kernel could not allocate its partial sums")
         return y
 
 
@@ -126,7 +127,7 @@ def build_kernel(instruction_set: str) -> tuple[LinearKernel | None, str]:
         return None, f"the native kernel would add a second OpenMP runtime: {', '.join(runtimes)}"
     function.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p,
                          ctypes.c_void_p, ctypes.c_long, ctypes.c_int]
-    function.restype = None
+    function.restype = ctypes.c_int
     panel_width.argtypes, panel_width.restype = [], ctypes.c_int
     kernel = LinearKernel(library, function, instruction_set, panel_width())
     error = _self_check(kernel)
