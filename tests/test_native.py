@@ -42,7 +42,8 @@ def fresh_kernel_lookup():
     native.build_kernel.cache_clear()
 
 
-@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 9, 12, 13, 33])
+# One block of rows, a few (chunked), many (the encoder's way), and partial last blocks of each.
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 9, 12, 13, 33, 70, 100])
 @pytest.mark.parametrize("inner, out_features", [(768, 2304), (37, 1), (64, 33), (8, 24), (8, 48), (3072, 769)])
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_kernel_equals_torch_linear(kernel, rows, inner, out_features, with_bias):

@@ -7,7 +7,8 @@ Measured on the benchmark's workload (bench/speed.py, 2-core AMD EPYC) with stoc
    about a third of oneDNN's speed on the same shapes with the weight packed once in advance.
    A small C kernel (native.py, linear_kernel.c) with its own packed layout is faster still: about
    2x oneDNN at 4 rows (one image, 4 beams), where reading the weights from memory is the limit,
-   and 1.3x at 32 (a batch of 8). `NativeLinear` uses it for the decoder's Conv1D layers, the LM
+   and 1.3x at 32 (a batch of 8). On an Intel Xeon with AVX-512, where MKL and oneDNN are much
+   closer, its AVX-512 build was 1.2x oneDNN at 4 rows and at 32. `NativeLinear` uses it for the decoder's Conv1D layers, the LM
    head and the encoder's linear layers; where it cannot be built, `PackedLinear` (oneDNN) does
    the decoder's and the encoder stays stock.
 2. Cross-attention keys/values computed once per beam from identical encoder states, then copied
