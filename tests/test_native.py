@@ -32,14 +32,18 @@ def test_the_kernel_in_use_is_the_widest_this_cpu_runs():
     assert found.panel == {"avx512": 48, "avx2": 24}[found.instruction_set]
 
 
+def forget_kernel_lookups():
+    """The kernel and each build are looked up once per process: forget both."""
+    native.linear_kernel.cache_clear()
+    native.build_kernel.cache_clear()
+
+
 @pytest.fixture
 def fresh_kernel_lookup():
     """Let a test change the environment the kernel is looked up in; forget its result after."""
-    native.linear_kernel.cache_clear()
-    native.build_kernel.cache_clear()
+    forget_kernel_lookups()
     yield
-    native.linear_kernel.cache_clear()
-    native.build_kernel.cache_clear()
+    forget_kernel_lookups()
 
 
 # One block of rows, a few (chunked), many (the encoder's way), and partial last blocks of each.
@@ -135,8 +139,7 @@ def test_without_a_compiler_the_captions_are_still_exact(tiny_checkpoint, monkey
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     fallback = Captioner.from_pretrained(tiny_checkpoint)
     assert fallback.speedups.linear_kind == "onednn" and "did not build" in fallback.speedups.skipped
-    native.linear_kernel.cache_clear()
-    native.build_kernel.cache_clear()
+    forget_kernel_lookups()
     monkeypatch.delenv("CC")
     kernel = Captioner.from_pretrained(tiny_checkpoint)
     assert kernel.speedups.linear_kind == "native"

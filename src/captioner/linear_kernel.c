@@ -83,6 +83,16 @@ BLOCK(4)
 BLOCK(8)
 #endif
 
+/* Rows from..to-1 of y's columns column..column+width-1: their sums (acc[0] is row `from`) plus
+ * the bias. */
+static inline void write_rows(float *y, long n, long column, long width, float (*acc)[PANEL],
+                              long from, long to, const float *b) {
+    for (long r = from; r < to; r++) {
+        float *row = y + r * n + column;
+        for (long j = 0; j < width; j++) row[j] = acc[r - from][j] + (b ? b[column + j] : 0.0f);
+    }
+}
+
 /* x: (m, k); panels: (ceil(n / PANEL), k, PANEL), zero-padded past n; b: (n) or NULL; y: (m, n).
  * All contiguous fp32. Returns 0, or -1 where memory for the partial sums ran out. */
 int linear_panels(const float *x, long m, long k, const float *panels, const float *b, float *y,
@@ -97,7 +107,7 @@ int linear_panels(const float *x, long m, long k, const float *panels, const flo
      * - a few blocks (a batch of images' beams): K_CHUNK panel rows at a time go through every
      *   block, and each block prefetches its share of the next chunk. Memory then works during all
      *   of the arithmetic; streaming the whole panel in the first block left it idle during the
-     *   others' (a batch of 8: all decoder products 42 ms a step against 50);
+     *   others' (a batch of 8: all decoder products 44 ms a step against 49);
      * - many blocks (the encoder's 197 rows an image): bound by arithmetic; the whole panel goes
      *   through each block in turn, the first one prefetching (chunks were 10-40% slower here). */
     int chunked = blocks > 1 && blocks <= CHUNKED_MAX_BLOCKS;
@@ -133,21 +143,12 @@ int linear_panels(const float *x, long m, long k, const float *panels, const flo
                     if (rows == 8) block_8(xs, count, w, prefetch, fetch, start == 0, out); else
 #endif
                     block_4(xs, count, w, prefetch, fetch, start == 0, out);
-                    if (!chunked) { /* whole panel done for these rows */
-                        for (long r = g; r < m && r < g + rows; r++) {
-                            float *row = y + r * n + column;
-                            for (long j = 0; j < width; j++) row[j] = out[r - g][j] + (b ? b[column + j] : 0.0f);
-                        }
-                    }
+                    if (!chunked) /* whole panel done for these rows */
+                        write_rows(y, n, column, width, out, g, g + rows < m ? g + rows : m, b);
                     g += rows;
                 }
             }
-            if (chunked) {
-                for (long r = 0; r < m; r++) {
-                    float *row = y + r * n + column;
-                    for (long j = 0; j < width; j++) row[j] = acc[r][j] + (b ? b[column + j] : 0.0f);
-                }
-            }
+            if (chunked) write_rows(y, n, column, width, acc, 0, m, b);
         }
         free(acc);
     }

@@ -8,9 +8,9 @@ Measured on the benchmark's workload (bench/speed.py, 2-core AMD EPYC) with stoc
    A small C kernel (native.py, linear_kernel.c) with its own packed layout is faster still: about
    2x oneDNN at 4 rows (one image, 4 beams), where reading the weights from memory is the limit,
    and 1.3x at 32 (a batch of 8). On an Intel Xeon with AVX-512, where MKL and oneDNN are much
-   closer, its AVX-512 build was 1.2x oneDNN at 4 rows and at 32. `NativeLinear` uses it for the decoder's Conv1D layers, the LM
-   head and the encoder's linear layers; where it cannot be built, `PackedLinear` (oneDNN) does
-   the decoder's and the encoder stays stock.
+   closer, its AVX-512 build was 1.2x oneDNN at 4 rows and at 32. `NativeLinear` uses it for the
+   decoder's Conv1D layers, the LM head and the encoder's linear layers; where it cannot be built,
+   `PackedLinear` (oneDNN) does the decoder's and the encoder stays stock.
 2. Cross-attention keys/values computed once per beam from identical encoder states, then copied
    at every beam reorder. `GroupedCrossAttention` computes them once per image, keeps them out of
    the beam cache (nothing to reorder: beams never move between images), and attends with all
