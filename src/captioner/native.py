@@ -4,7 +4,7 @@ Why: a 4-beam caption of one image multiplies 4 rows by all of GPT-2's weights a
 the step is bound by memory, not arithmetic; a batch of 8 images (32 rows) is bound by arithmetic.
 Over all the decoder's products (bench numbers in the README), oneDNN with packed weights took
 about twice as long as this kernel at 4 rows and 1.3 times as long at 32. No library on PyPI gives
-torch a faster kernel for these shapes, so it is 179 lines of C. The ViT encoder's products (197
+torch a faster kernel for these shapes, so it is 180 lines of C. The ViT encoder's products (197
 rows an image, bound by arithmetic) use it too: 4-12% faster than MKL on an AMD EPYC.
 
 It is built for the widest vectors the CPU has: AVX-512 (panels of 48 columns) where torch reports
