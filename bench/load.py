@@ -35,11 +35,16 @@ def loopback_client(url: str):
     The URL is plain http on loopback, so there is no TLS to verify: ssl_verify=False only stops
     gradio_client from building a CA-loaded TLS context for every HTTP call it makes, which cost
     about 0.15 s of CPU per request on this 2-core machine, taken from the server under test.
+
+    Each HTTP call may take up to a minute instead of httpx's 5 s: bench/speed.py stops the
+    clients and the server together (SIGSTOP) while it measures other paths, and a timeout counts
+    the stopped seconds too. On the AMD EPYC, 2026-12-03, where a turn of the other paths took
+    about 5 s, uploads caught by a stop timed out at the server's next turn.
     """
     from gradio_client import Client
 
     assert url.startswith(LOOPBACK), "loopback only"
-    return Client(url, verbose=False, ssl_verify=False)
+    return Client(url, verbose=False, ssl_verify=False, httpx_kwargs={"timeout": 60.0})
 
 
 def run_load(url: str, images: list[str], clients: int = 64, requests: int = 1000,
