@@ -27,7 +27,12 @@ from concurrent.futures import Future
 from typing import Callable, ParamSpec, TypeVar
 
 THREAD_NAME = "captioner-model"
-IDLE_AFTER_S = 1.0  # no model work for this long: the thread is idle and runs its idle work
+# No model work for this long: the thread is idle and runs its idle work. Long enough that one
+# visitor's next photo, or a benchmark's next single request, does not come right after a trim:
+# one full-size caption just after a trim faulted in about 15,000 pages and took 27 ms longer
+# (756 against 730 ms, medians of 10, AMD EPYC, 2026-12-03). With 1 s, every single request of
+# bench/speed.py's latency rounds (3-4 s apart) paid that.
+IDLE_AFTER_S = 30.0
 MAX_DEFER_S = 60.0  # under unbroken load, idle work waits at most this long, then runs between jobs
 log = logging.getLogger("captioner.model_thread")
 
