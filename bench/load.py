@@ -47,6 +47,56 @@ def loopback_client(url: str):
     return Client(url, verbose=False, ssl_verify=False, httpx_kwargs={"timeout": 60.0})
 
 
+class PageProtocolClient:
+    """One request at a time the way the app's own page sends it: upload the photo, join the
+    queue (the validator runs here), read the session's event stream until the answer comes.
+
+    gradio_client does the same over HTTP, but its reader looks for new messages every 50 ms
+    (gradio_client.utils.stream_sse_v1plus), and each request also starts a thread that checks for
+    cancellation every 50 ms: about 40 ms of a full-size single request on the AMD EPYC
+    (2026-12-03, scratch: 825 ms through gradio_client against 783 ms this way, in-handler caption
+    780 ms; medians of 10). The page's EventSource hands on each message as it arrives.
+    """
+
+    def __init__(self, url: str, api_name: str = "caption") -> None:
+        import httpx
+
+        assert url.startswith(LOOPBACK), "loopback only"
+        self.http = httpx.Client(base_url=url, timeout=60.0)
+        config = self.http.get("config").json()
+        self.fn_index = next(d["id"] for d in config["dependencies"] if d.get("api_name") == api_name)
+        endpoint = self.http.get("gradio_api/info").json()["named_endpoints"][f"/{api_name}"]
+        # (name, default) of every input after the image, in the order the event takes them
+        self.settings = [(p["parameter_name"], p.get("parameter_default")) for p in endpoint["parameters"][1:]]
+
+    def predict(self, image: str, **settings) -> str:
+        with open(image, "rb") as file:
+            upload = self.http.post("gradio_api/upload", files={"files": (Path(image).name, file)})
+        upload.raise_for_status()
+        data = [{"path": upload.json()[0], "meta": {"_type": "gradio.FileData"}}]
+        data += [settings.get(name, default) for name, default in self.settings]
+        session = os.urandom(6).hex()
+        join = self.http.post("gradio_api/queue/join", json={
+            "data": data, "event_data": None, "fn_index": self.fn_index, "trigger_id": None,
+            "session_hash": session,
+        })
+        join.raise_for_status()
+        event_id = join.json()["event_id"]
+        with self.http.stream("GET", "gradio_api/queue/data", params={"session_hash": session}) as stream:
+            for line in stream.iter_lines():
+                if not line.startswith("data:"):
+                    continue
+                message = json.loads(line[len("data:"):])
+                if message.get("msg") == "process_completed" and message.get("event_id") == event_id:
+                    if not message.get("success"):
+                        raise RuntimeError(f"the app refused the request: {message.get('output')}")
+                    return message["output"]["data"][0]
+        raise RuntimeError("the event stream ended before the answer")
+
+    def close(self) -> None:
+        self.http.close()
+
+
 def run_load(url: str, images: list[str], clients: int = 64, requests: int = 1000,
              deadline_s: float = 900, request_timeout_s: float = 300, pid: int | None = None,
              rss_checkpoint: int = 100) -> dict:

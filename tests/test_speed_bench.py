@@ -46,6 +46,9 @@ def test_speed_bench_smoke_run_reports_every_path():
         assert 0 <= app_run["measured_images"] < answered
         assert app_run["peak_rss_mb"] > 100 and app_run["cold_start_s"] > 0
         assert "app_overhead_throughput" in app_run and len(app_run["app_overhead_throughput_per_block"]) == 2
+        # The same single requests sent as the page sends them get the same captions.
+        assert app_run["page_latency_s"] > 0 and "app_overhead_page_latency" in app_run
+    assert app["page_equal_to_baseline"] == 1.0
 
 
 def test_running_clock_counts_only_the_turns_a_path_was_let_run():
