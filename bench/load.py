@@ -55,7 +55,8 @@ class PageProtocolClient:
     (gradio_client.utils.stream_sse_v1plus), and each request also starts a thread that checks for
     cancellation every 50 ms: about 40 ms of a full-size single request on the AMD EPYC
     (2026-12-03, scratch: 825 ms through gradio_client against 783 ms this way, in-handler caption
-    780 ms; medians of 10). The page's EventSource hands on each message as it arrives.
+    780 ms; medians of 10). The page's EventSource hands on each message as it arrives. In
+    bench/speed.py's runs that day the difference did not stand out of the machine's noise.
     """
 
     def __init__(self, url: str, api_name: str = "caption") -> None:
