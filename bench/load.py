@@ -71,6 +71,9 @@ class PageProtocolClient:
         self.settings = [(p["parameter_name"], p.get("parameter_default")) for p in endpoint["parameters"][1:]]
 
     def predict(self, image: str, **settings) -> str:
+        unknown = set(settings) - {name for name, _ in self.settings}
+        if unknown:  # as gradio_client does: a misspelt setting would otherwise fall back to its default
+            raise TypeError(f"the endpoint has no parameter {', '.join(sorted(unknown))}")
         with open(image, "rb") as file:
             upload = self.http.post("gradio_api/upload", files={"files": (Path(image).name, file)})
         upload.raise_for_status()
