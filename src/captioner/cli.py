@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
 
+from .bulk_cli import add_bulk_arguments, run_caption
 from .errors import CaptionError
-from .images import IMAGE_SUFFIXES
 from .settings import BOUNDS, DEFAULT_SETTINGS, STRATEGIES, CaptionSettings
-
-FILE_BATCH = 8  # images decoded and captioned together; also the progress bar's step
 
 
 def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,28 +48,14 @@ def settings_from_arguments(args: argparse.Namespace) -> CaptionSettings:
     )
 
 
-def find_images(paths: Sequence[str]) -> list[Path]:
-    """Files as given; folders searched recursively for image suffixes, in sorted order."""
-    found: list[Path] = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
-        else:
-            found.append(path)
-    return found
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m captioner", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    caption = commands.add_parser("caption", help="caption images or folders of images")
-    caption.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
+    caption = commands.add_parser("caption", help="caption images, folders, lists of paths or a Parquet dataset")
+    caption.add_argument("paths", nargs="*", metavar="PATH", help="image files or folders (searched recursively)")
     caption.add_argument("--model", help="Hub id or local checkpoint directory (default: $CAPTIONER_MODEL, then the model card's)")
-    caption.add_argument("--json", action="store_true", help="print JSON lines")
-    caption.add_argument("--output", type=Path, help="also write results to a .csv or .jsonl file")
-    caption.add_argument("--batch-size", type=int, default=FILE_BATCH)
+    add_bulk_arguments(caption)
     add_precision_argument(caption)
     add_settings_arguments(caption)
     caption.set_defaults(handler=run_caption)
@@ -148,74 +132,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_caption(args: argparse.Namespace) -> int:
-    from .inference import Captioner
-
-    settings = settings_from_arguments(args)
-    if args.output and args.output.suffix.lower() not in (".csv", ".jsonl"):
-        raise CaptionError(f"--output must end in .csv or .jsonl; got {args.output.name}")
-    paths = find_images(args.paths)
-    if not paths:
-        raise CaptionError("no images found in the given paths")
-    captioner = Captioner.from_pretrained(args.model, dtype=args.dtype)
-    rows = list(caption_files(captioner, paths, settings, args.batch_size, progress=len(paths) > 1))
-    for row in rows:
-        print(format_row(row, as_json=args.json))
-    if args.output:
-        write_rows(rows, args.output)
-    return 1 if any("error" in row for row in rows) else 0
-
-
-def caption_files(captioner, paths: list[Path], settings: CaptionSettings, batch_size: int, progress: bool):
-    """Yield one result row per path, in order; a bad file gets an "error" and the rest go on."""
-    from tqdm import tqdm
-
-    from .images import load_image
-
-    bar = tqdm(total=len(paths), unit="image", disable=not progress, file=sys.stderr)
-    for start in range(0, len(paths), batch_size):
-        chunk = paths[start : start + batch_size]
-        decoded, rows = [], []
-        for path in chunk:
-            try:
-                decoded.append(load_image(path, captioner.image_limits))
-                rows.append({"path": str(path)})
-            except CaptionError as error:
-                rows.append({"path": str(path), "error": str(error)})
-        good = [row for row in rows if "error" not in row]
-        for row, captions in zip(good, captioner.caption(decoded, settings) if decoded else []):
-            if settings.num_captions == 1:
-                row["caption"] = captions[0].text
-            else:
-                row["captions"] = [c.text for c in captions]
-                row["scores"] = [round(c.score, 4) for c in captions]
-        bar.update(len(chunk))
-        yield from rows
-    bar.close()
-
-
-def format_row(row: dict, as_json: bool) -> str:
-    if as_json:
-        return json.dumps(row, ensure_ascii=False)
-    if "error" in row:
-        return f"{row['path']}\tERROR: {row['error']}"
-    text = row["caption"] if "caption" in row else " | ".join(row["captions"])
-    return f"{row['path']}\t{text}"
-
-
-def write_rows(rows: list[dict], output: Path) -> None:
-    output.parent.mkdir(parents=True, exist_ok=True)
-    if output.suffix.lower() == ".jsonl":
-        output.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-        return
-    with output.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "caption", "error"])
-        for row in rows:
-            text = row.get("caption") or " | ".join(row.get("captions", []))
-            writer.writerow([row["path"], text, row.get("error", "")])
-
-
 def quiet_libraries() -> None:
     """Hub retry chatter and weight-loading bars would bury the one line that matters."""
     import huggingface_hub.utils as hub_utils
@@ -234,3 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CaptionError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # `... | head`: the reader left; say nothing more and leave quietly.
+        sys.stdout = open(os.devnull, "w")
+        return 1

@@ -10,9 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import collections
-import csv
 import dataclasses
-import json
 import logging
 import tempfile
 import threading
@@ -25,6 +23,7 @@ from typing import Any, Sequence
 import gradio as gr
 
 from .errors import CaptionError, InvalidSettings, RequestTooLarge
+from .exports import write_downloads
 from .gradio_queue import start_work_when_it_arrives, summarise_analytics_rarely, validate_one_request_at_a_time
 from .images import IMAGE_SUFFIXES, load_image
 from .inference import Caption, Captioner
@@ -269,21 +268,7 @@ class CaptionService:
             else:
                 rows.append({"file": Path(path).name, "caption": result[0].text})
         table = [[r["file"], r["caption"] or f"(not captioned: {r['error']})"] for r in rows]
-        return table, *write_downloads(rows)
-
-
-def write_downloads(rows: list[dict[str, str]]) -> tuple[str, str]:
-    directory = Path(tempfile.mkdtemp(prefix="captions-"))
-    csv_path, jsonl_path = directory / "captions.csv", directory / "captions.jsonl"
-    with csv_path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["file", "caption", "error"])
-        for row in rows:
-            writer.writerow([row["file"], row["caption"], row.get("error", "")])
-    jsonl_path.write_text(
-        "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8"
-    )
-    return str(csv_path), str(jsonl_path)
+        return table, *write_downloads(rows, Path(tempfile.mkdtemp(prefix="captions-")))
 
 
 def example_photos() -> list[str]:

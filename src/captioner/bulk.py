@@ -1,0 +1,181 @@
+"""Captioning collections: sources of images -> the Captioner, batch by batch -> writers.
+
+Only paths (or, for a Parquet dataset, one record batch at a time) are held up front; images are
+decoded a few batches ahead of the model on a small thread pool (Pillow releases the GIL while it
+decodes), and each finished batch goes to the writers at once (outputs.py). The Ray path
+(bulk_ray.py) feeds the same writers with the same `Result` batches.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import os
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+from .errors import CaptionError
+from .images import IMAGE_SUFFIXES, load_image
+from .inference import Caption, Captioner
+from .settings import CaptionSettings
+
+
+class SourceError(CaptionError):
+    """The inputs hold no images, or a dataset lacks what is needed to read it."""
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image to caption. `key` names it in the output: the path as given, or a dataset row."""
+
+    key: str
+    image: str | bytes  # what load_image reads
+    relative: str = ""  # the path below the inputs' common folder (sidecars, metadata file_name)
+
+
+@dataclass
+class Result:
+    item: Item
+    texts: list[str] = field(default_factory=list)  # best first; prefix and suffix applied
+    scores: list[float] | None = None  # with several captions per image
+    error: str | None = None
+
+    def row(self, key_name: str = "path") -> dict:
+        """The JSON-lines / CSV / Parquet row: path and caption, or captions and scores, or error."""
+        row: dict = {key_name: self.item.key}
+        if self.error is not None:
+            row["error"] = self.error
+        elif self.scores is None:
+            row["caption"] = self.texts[0]
+        else:
+            row["captions"], row["scores"] = self.texts, self.scores
+        return row
+
+
+@dataclass
+class Summary:
+    captioned: int = 0
+    skipped: int = 0  # already done: in the output being resumed, or a caption file kept
+    failed: int = 0
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        rate = self.captioned / self.seconds if self.seconds > 0 else 0.0
+        return (f"captioned {self.captioned}, skipped {self.skipped} as already done, failed {self.failed}, "
+                f"in {self.seconds:.1f} s ({rate:.2f} images/s)")
+
+
+def find_images(paths: Sequence[str | os.PathLike]) -> list[Path]:
+    """Files as given; folders searched recursively for image suffixes, in sorted order."""
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+        else:
+            found.append(path)
+    return found
+
+
+def read_path_list(list_file: str | os.PathLike) -> list[str]:
+    """`--from-list`: one path (file or folder) per line, as on the command line; blank lines and
+    lines starting with # are skipped."""
+    try:
+        text = Path(list_file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise SourceError(f"cannot read the list {list_file}: {getattr(error, 'strerror', None) or error}") from None
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def file_items(paths: Sequence[str | os.PathLike]) -> list[Item]:
+    """Items for image files and folders, each with its path below the folder they all share."""
+    images = find_images(paths)
+    if not images:
+        raise SourceError("no images found in the given paths")
+    absolute = [p.absolute() for p in images]
+    root = Path(os.path.commonpath([p.parent for p in absolute]))
+    return [Item(str(p), str(p), a.relative_to(root).as_posix()) for p, a in zip(images, absolute)]
+
+
+def decorate(captions: Sequence[Caption], prefix: str = "", suffix: str = "", scored: bool = False):
+    """Texts with prefix and suffix joined exactly as given; scores when several were asked for."""
+    texts = [f"{prefix}{c.text}{suffix}" for c in captions]
+    return texts, ([round(c.score, 4) for c in captions] if scored else None)
+
+
+def caption_chunk(captioner: Captioner, items: Sequence[Item], decoded: Sequence, settings: CaptionSettings,
+                  prefix: str = "", suffix: str = "") -> list[Result]:
+    """Caption one batch whose images are decoded (or an error each): results in input order."""
+    results = [Result(item) for item in items]
+    good = [i for i, image in enumerate(decoded) if not isinstance(image, CaptionError)]
+    for i, image in enumerate(decoded):
+        if isinstance(image, CaptionError):
+            results[i].error = str(image)
+    if good:
+        captions = captioner.caption([decoded[i] for i in good], settings)
+        for i, image_captions in zip(good, captions):
+            results[i].texts, results[i].scores = decorate(
+                image_captions, prefix, suffix, scored=settings.num_captions > 1
+            )
+    return results
+
+
+def decode(item: Item, captioner: Captioner):
+    """The item's image, or the CaptionError that says why it cannot be captioned."""
+    try:
+        return load_image(item.image, captioner.image_limits)
+    except CaptionError as error:
+        return error
+
+
+def caption_batches(
+    captioner: Captioner,
+    items: Iterable[Item],
+    settings: CaptionSettings,
+    *,
+    batch_size: int = 8,
+    prefix: str = "",
+    suffix: str = "",
+    decode_workers: int = 2,
+    ahead: int = 2,
+) -> Iterator[list[Result]]:
+    """Yield the results batch by batch, in input order, while the next `ahead` batches decode."""
+    with ThreadPoolExecutor(decode_workers, thread_name_prefix="captioner-decode") as pool:
+        pending: collections.deque[tuple[list[Item], list[Future]]] = collections.deque()
+
+        def finish() -> list[Result]:
+            chunk, futures = pending.popleft()
+            return caption_chunk(captioner, chunk, [f.result() for f in futures], settings, prefix, suffix)
+
+        for chunk in _batched(items, batch_size):
+            pending.append((chunk, [pool.submit(decode, item, captioner) for item in chunk]))
+            if len(pending) > ahead:
+                yield finish()
+        while pending:
+            yield finish()
+
+
+def _batched(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
+
+
+def run(batches: Iterable[list[Result]], writers: Sequence, summary: Summary,
+        progress: Callable[[list[Result]], None] = lambda results: None) -> Summary:
+    """Hand each finished batch to every writer before the next is asked for; count it."""
+    started = time.perf_counter()
+    try:
+        for results in batches:
+            for writer in writers:
+                writer.write(results)
+            failed = sum(r.error is not None for r in results)
+            summary.failed += failed
+            summary.captioned += len(results) - failed
+            progress(results)
+    finally:
+        summary.seconds = time.perf_counter() - started
+    return summary

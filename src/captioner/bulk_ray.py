@@ -1,0 +1,130 @@
+"""`caption --ray`: the same job on Ray Data, for when one machine is not enough.
+
+The driver lists the images (and skips those already done, as the single-process path does);
+Ray Data spreads them over a fixed pool of actors, each of which loads the Captioner once and
+captions a batch at a time with the same `caption_chunk`; the results come back in input order
+and go to the same writers on the driver. Ray is optional: `pip install -r requirements-ray.txt`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from .bulk import Item, Result, caption_chunk, decode
+from .errors import CaptionError
+from .settings import CaptionSettings
+
+log = logging.getLogger("captioner.bulk_ray")
+PACKAGE_DIR = str(Path(__file__).resolve().parent)
+
+
+class RayUnavailable(CaptionError):
+    """Ray is not installed, or the cluster cannot be reached."""
+
+
+def start_ray(address: str | None = None):
+    """Join the cluster at `address` (or $RAY_ADDRESS); without one, start a local Ray that
+    listens on loopback only. Returns the ray module and the seconds the start took."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    try:
+        import ray
+    except ImportError:
+        raise RayUnavailable("--ray needs Ray: pip install -r requirements-ray.txt") from None
+    started = time.perf_counter()
+    if not ray.is_initialized():
+        address = address or os.environ.get("RAY_ADDRESS")
+        try:
+            if address:
+                ray.init(address=address, log_to_driver=False)
+            else:
+                # A one-machine cluster has no reason to listen on the network.
+                ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1",
+                         log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as error:
+            raise RayUnavailable(f"cannot start or reach Ray at {address or 'a local cluster'}: {error}") from None
+    return ray, time.perf_counter() - started
+
+
+class CaptionActor:
+    """One per Ray actor: loads the Captioner once, then captions whatever batches it is sent."""
+
+    def __init__(self, model: str | None, dtype: str, settings: CaptionSettings, threads: int,
+                 prefix: str, suffix: str) -> None:
+        import torch
+
+        from .inference import Captioner
+
+        torch.set_num_threads(threads)  # actors on one machine must not fight over its cores
+        self.captioner = Captioner.from_pretrained(model, dtype=dtype)
+        self.settings, self.prefix, self.suffix = settings, prefix, suffix
+
+    def __call__(self, batch: dict) -> dict:
+        import numpy as np
+
+        items = [Item(str(key), _as_image(image)) for key, image in zip(batch["key"], batch["image"])]
+        decoded = [decode(item, self.captioner) for item in items]
+        results = caption_chunk(self.captioner, items, decoded, self.settings, self.prefix, self.suffix)
+        encoded = [json.dumps({"texts": r.texts, "scores": r.scores, "error": r.error}) for r in results]
+        return {"key": batch["key"], "result": np.array(encoded, dtype=object)}
+
+
+def _as_image(value) -> str | bytes:
+    return value if isinstance(value, (bytes, str)) else bytes(value)
+
+
+def ray_batches(
+    items: Sequence[Item],
+    settings: CaptionSettings,
+    *,
+    model: str | None,
+    dtype: str = "float32",
+    batch_size: int = 8,
+    actors: int = 2,
+    threads_per_actor: int = 1,
+    address: str | None = None,
+    prefix: str = "",
+    suffix: str = "",
+) -> Iterator[list[Result]]:
+    """Yield result batches in input order, captioned by a pool of `actors` Ray actors."""
+    ray, seconds = start_ray(address)
+    log.info("Ray ready in %.1f s", seconds)
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True  # rows come back in input order, as the writers expect
+    context.enable_progress_bars = False  # the CLI has its own bar
+    cpus = ray.cluster_resources().get("CPU", 1.0)
+    # Actors reserve less than a whole CPU when the cluster is small, so Ray's own tasks still find
+    # one: on two cores, two actors at one CPU each leave nothing for the rest and wait for ever.
+    per_actor = max(0.25, min(float(threads_per_actor), (cpus - 0.5) / actors))
+    dataset = ray.data.from_items([{"key": item.key, "image": item.image} for item in items])
+    captioned = dataset.map_batches(
+        CaptionActor,
+        fn_constructor_kwargs=dict(model=model, dtype=dtype, settings=settings, threads=threads_per_actor,
+                                   prefix=prefix, suffix=suffix),
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        batch_size=batch_size,
+        batch_format="numpy",
+        num_cpus=per_actor,
+        # The package travels with the job, so actors on other machines import the same code.
+        runtime_env={"py_modules": [PACKAGE_DIR], "env_vars": _forwarded_environment()},
+    )
+    position = 0
+    for batch in captioned.iter_batches(batch_size=batch_size, batch_format="numpy"):
+        results = []
+        for key, encoded in zip(batch["key"], batch["result"]):
+            item = items[position]
+            position += 1
+            if str(key) != item.key:
+                raise RuntimeError(f"Ray returned {key} where {item.key} was expected")
+            data = json.loads(encoded)
+            results.append(Result(item, data["texts"], data["scores"], data["error"]))
+        yield results
+
+
+def _forwarded_environment() -> dict[str, str]:
+    names = ("HF_HUB_OFFLINE", "HF_HOME", "CAPTIONER_MODEL", "CAPTIONER_CACHE")
+    return {name: os.environ[name] for name in names if name in os.environ}

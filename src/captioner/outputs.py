@@ -1,0 +1,209 @@
+"""Where bulk results go: JSON lines, CSV, the imagefolder metadata file, caption files beside the
+images, or the terminal. Parquet (a file that is written once, at the end) lives in parquet.py.
+
+Each writer takes a mode when it starts: "new" refuses an existing file and leaves it untouched,
+"resume" repairs a torn last line and remembers what is done, "overwrite" starts over. Writers
+append whole batches and flush them, so a killed run keeps every finished batch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .bulk import Item, Result
+from .exports import (
+    CSV_COLUMNS, FORMULA_START, AppendFile, OutputError, csv_header, read_csv_keys, read_jsonl_keys,
+    spreadsheet_safe, write_csv_rows,
+)
+from .images import IMAGE_SUFFIXES
+
+MODES = ("new", "resume", "overwrite")
+SIDECAR_POLICIES = ("skip", "overwrite", "append", "prepend")
+
+
+def refuse_existing(path: Path, mode: str) -> None:
+    if mode == "new" and path.exists():
+        raise OutputError(f"{path} already exists; add --resume to go on from it, or --overwrite to replace it")
+
+
+class RowsOutput:
+    """`--output FILE.jsonl|.csv`: one row per image, keyed by its path."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.is_csv = path.suffix.lower() == ".csv"
+        self.file = AppendFile(path, csv_header(CSV_COLUMNS) if self.is_csv else "")
+        self.keys: set[str] = set()
+
+    def start(self, mode: str) -> None:
+        refuse_existing(self.path, mode)
+        resume = mode == "resume" and self.path.exists() and self.path.stat().st_size > 0
+        self.file.start(resume)
+        if resume:
+            self.keys = set(self.read_keys())
+
+    def read_keys(self):
+        return read_csv_keys(self.path, "path") if self.is_csv else read_jsonl_keys(self.path, "path")
+
+    def done(self, item: Item) -> bool:
+        return item.key in self.keys
+
+    def write(self, results: Sequence[Result]) -> None:
+        if self.is_csv:
+            self.file.append(_csv_text([r.row() for r in results], CSV_COLUMNS))
+        else:
+            self.file.append("".join(json.dumps(r.row(), ensure_ascii=False) + "\n" for r in results))
+
+    def finish(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class MetadataOutput(RowsOutput):
+    """`--output DIR/metadata.jsonl|.csv`: the imagefolder layout (`file_name` relative to DIR, `text`),
+    which `datasets`' imagefolder loader and `captioner train --data DIR` read. A failed image gets
+    no row (a loader would stop at it); several captions of one image are several rows."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.root = path.parent.absolute()
+        self.file.header = csv_header(("file_name", "text")) if self.is_csv else ""
+
+    def check(self, items: Sequence[Item]) -> None:
+        for item in items:
+            if self.file_name(item).startswith("../"):
+                raise OutputError(
+                    f"{self.path.name} must sit in a folder that holds every image; {item.key} is outside "
+                    f"{self.root}"
+                )
+
+    def file_name(self, item: Item) -> str:
+        return Path(os.path.relpath(Path(item.image).absolute(), self.root)).as_posix()
+
+    def read_keys(self):
+        keys = read_csv_keys(self.path, "file_name") if self.is_csv else read_jsonl_keys(self.path, "file_name")
+        return (posixpath.normpath(key) for key in keys)
+
+    def done(self, item: Item) -> bool:
+        return self.file_name(item) in self.keys
+
+    def write(self, results: Sequence[Result]) -> None:
+        rows = [{"file_name": self.file_name(r.item), "text": text} for r in results if r.error is None for text in r.texts]
+        if self.is_csv:
+            # "./" keeps a loader's path intact and stops a spreadsheet reading the name as a formula.
+            for row in rows:
+                if row["file_name"].startswith(FORMULA_START):
+                    row["file_name"] = "./" + row["file_name"]
+            self.file.append(_csv_text(rows, ("file_name", "text")))
+        else:
+            self.file.append("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
+def _csv_text(rows: list[dict], columns) -> str:
+    import io
+
+    buffer = io.StringIO()
+    write_csv_rows(buffer, rows, columns)
+    return buffer.getvalue()
+
+
+class Sidecars:
+    """`--sidecar .txt`: the caption in a UTF-8 file beside each image (or under `output_dir`,
+    mirroring the tree), as LoRA and fine-tuning trainers read them. Several captions: one a line.
+
+    `policy` for an image whose caption file exists: skip (default: not captioned, file untouched,
+    so a person's caption is never lost), overwrite, append or prepend (joined with one space).
+    """
+
+    def __init__(self, extension: str, policy: str = "skip", output_dir: Path | None = None) -> None:
+        self.extension = extension if extension.startswith(".") else "." + extension
+        if self.extension.lower() in IMAGE_SUFFIXES or len(self.extension) < 2 or "/" in self.extension:
+            raise OutputError(f"--sidecar {extension} would overwrite images or is not a file extension; use e.g. .txt")
+        if policy not in SIDECAR_POLICIES:
+            raise OutputError(f"--existing must be one of {', '.join(SIDECAR_POLICIES)}; got {policy!r}")
+        self.policy = policy
+        self.output_dir = output_dir
+
+    def target(self, item: Item) -> Path:
+        base = self.output_dir / item.relative if self.output_dir else Path(item.image)
+        return base.with_suffix(self.extension)
+
+    def check(self, items: Sequence[Item]) -> None:
+        """Two images that would share a caption file (photo.jpg, photo.png) stop the run first."""
+        seen: dict[Path, str] = {}
+        for item in items:
+            target = self.target(item).absolute()
+            if target in seen:
+                raise OutputError(f"{seen[target]} and {item.key} would both write {target}; rename one of them")
+            seen[target] = item.key
+
+    def start(self, mode: str) -> None:
+        pass
+
+    def done(self, item: Item) -> bool:
+        return self.policy == "skip" and self.target(item).exists()
+
+    def write(self, results: Sequence[Result]) -> None:
+        for result in results:
+            if result.error is None:
+                self._write_one(self.target(result.item), "\n".join(result.texts))
+
+    def _write_one(self, target: Path, text: str) -> None:
+        if self.policy in ("append", "prepend") and target.exists():
+            old = target.read_text(encoding="utf-8").strip()
+            if old:
+                text = f"{old} {text}" if self.policy == "append" else f"{text} {old}"
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            # Written whole, then renamed over: a kill never leaves half a caption file.
+            partial = target.with_name(f".{target.name}.partial")
+            partial.write_text(text + "\n", encoding="utf-8")
+            os.replace(partial, target)
+        except OSError as error:
+            raise OutputError(f"cannot write {target}: {error.strerror or error}") from None
+
+    def finish(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class Printer:
+    """Rows on standard output as they are done: `path<TAB>caption`, or JSON lines with --json."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+
+    def start(self, mode: str) -> None:
+        pass
+
+    def done(self, item: Item) -> bool:
+        return False
+
+    def write(self, results: Sequence[Result]) -> None:
+        for result in results:
+            print(format_row(result.row(), self.as_json))
+        sys.stdout.flush()
+
+    def finish(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def format_row(row: dict, as_json: bool) -> str:
+    if as_json:
+        return json.dumps(row, ensure_ascii=False)
+    if "error" in row:
+        return f"{row['path']}\tERROR: {row['error']}"
+    text = row["caption"] if "caption" in row else " | ".join(row["captions"])
+    return f"{row['path']}\t{text}"

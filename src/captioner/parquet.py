@@ -1,0 +1,235 @@
+"""Parquet in and out, with pyarrow: streamed record batch by record batch, never a whole table.
+
+A Parquet file is complete only once its footer is written, so a run appends its results to a
+JSON-lines journal beside the output (`OUT.parquet.partial.jsonl`, flushed batch by batch) and
+builds the Parquet file from it when every image is done. A killed run keeps the journal;
+`--resume` goes on from it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from .bulk import Item, Result, SourceError
+from .exports import AppendFile, OutputError, read_jsonl_keys
+from .outputs import refuse_existing
+
+READ_ROWS = 256  # rows read at once: a batch of images' bytes, not the dataset
+
+
+def _pyarrow():
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    return pa, pq
+
+
+class ParquetSource:
+    """`--dataset PATH`: a Parquet file, or a folder of them, in the Hugging Face layout: an image
+    column of `{bytes, path}` structs (the `datasets` Image feature) or of path strings."""
+
+    def __init__(self, path: str | os.PathLike, image_column: str = "image") -> None:
+        _, pq = _pyarrow()
+        root = Path(path)
+        if root.is_dir():
+            self.files = sorted(root.rglob("*.parquet"))
+        elif root.is_file():
+            self.files = [root]
+        else:
+            raise SourceError(f"--dataset {path} does not exist")
+        if not self.files:
+            raise SourceError(f"--dataset {path} holds no .parquet files")
+        self.image_column = image_column
+        try:
+            self.schema = pq.read_schema(self.files[0])
+            self.num_rows = sum(pq.ParquetFile(f).metadata.num_rows for f in self.files)
+        except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
+            raise SourceError(f"--dataset {path} is not readable Parquet ({error})") from None
+        if image_column not in self.schema.names:
+            raise SourceError(
+                f"{self.files[0].name} has no column '{image_column}' (it has: {', '.join(self.schema.names)}); "
+                "name the image column with --image-column"
+            )
+
+    def items(self) -> Iterator[Item]:
+        """Each row's image, as bytes or as a path (resolved beside its Parquet file), in order."""
+        _, pq = _pyarrow()
+        index = 0
+        for file in self.files:
+            for batch in pq.ParquetFile(file).iter_batches(batch_size=READ_ROWS, columns=[self.image_column]):
+                for value in batch.column(0).to_pylist():
+                    yield Item(str(index), _image_of(value, file.parent))
+                    index += 1
+
+    def record_batches(self):
+        _, pq = _pyarrow()
+        for file in self.files:
+            yield from pq.ParquetFile(file).iter_batches(batch_size=READ_ROWS)
+
+
+def _image_of(value, folder: Path) -> str | bytes:
+    if isinstance(value, dict):
+        if value.get("bytes"):
+            return value["bytes"]
+        value = value.get("path")
+    if isinstance(value, bytes):
+        return value
+    if not value:
+        return b""  # load_image: "the file is empty"
+    path = Path(value)
+    return str(path if path.is_absolute() else folder / path)
+
+
+class ParquetOutput:
+    """`--output FILE.parquet` for files: columns path, caption (or captions and scores), error."""
+
+    key_name = "path"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.journal = AppendFile(path.with_name(path.name + ".partial.jsonl"))
+        self.keys: set[str] = set()
+
+    def start(self, mode: str) -> None:
+        journal = self.journal.path
+        refuse_existing(self.path, mode)
+        refuse_existing(journal, mode)
+        if mode == "resume" and not journal.exists() and self.path.exists():
+            self._journal_from_output()  # a finished run, resumed to add new images
+        resume = mode == "resume" and journal.exists()
+        self.journal.start(resume)
+        if resume:
+            self.keys = set(read_jsonl_keys(journal, self.key_name))
+
+    def done(self, item: Item) -> bool:
+        return item.key in self.keys
+
+    def write(self, results: Sequence[Result]) -> None:
+        self.journal.append("".join(json.dumps(r.row(self.key_name), ensure_ascii=False) + "\n" for r in results))
+
+    def finish(self) -> None:
+        """Build the Parquet file from the journal, replace the output with it, drop the journal."""
+        pa, pq = _pyarrow()
+        self.journal.close()
+        schema = self._schema(pa)
+        partial = self.path.with_name(self.path.name + ".writing")
+        try:
+            with pq.ParquetWriter(partial, schema) as writer:
+                for table in self._tables(pa, schema):
+                    writer.write_table(table)
+            os.replace(partial, self.path)
+        except OSError as error:
+            raise OutputError(f"cannot write {self.path}: {error.strerror or error}") from None
+        self.journal.path.unlink()
+
+    def close(self) -> None:
+        self.journal.close()
+
+    def _journal_rows(self, chunk: int = 4096) -> Iterator[list[dict]]:
+        rows: list[dict] = []
+        with self.journal.path.open(encoding="utf-8") as handle:
+            for line in handle:
+                if line.strip():
+                    rows.append(json.loads(line))
+                if len(rows) == chunk:
+                    yield rows
+                    rows = []
+        if rows:
+            yield rows
+
+    def _result_fields(self, pa) -> list:
+        seen: set[str] = set()
+        for rows in self._journal_rows():
+            for row in rows:
+                seen.update(row)
+        fields = []
+        if "caption" in seen or "captions" not in seen:
+            fields.append(pa.field("caption", pa.string()))
+        if "captions" in seen:
+            fields += [pa.field("captions", pa.list_(pa.string())), pa.field("scores", pa.list_(pa.float64()))]
+        if "error" in seen:
+            fields.append(pa.field("error", pa.string()))
+        return fields
+
+    def _schema(self, pa):
+        return pa.schema([pa.field("path", pa.string()), *self._result_fields(pa)])
+
+    def _tables(self, pa, schema):
+        for rows in self._journal_rows():
+            yield pa.Table.from_pylist(rows, schema=schema)
+
+    def _journal_from_output(self) -> None:
+        _, pq = _pyarrow()
+        with self.journal.path.open("w", encoding="utf-8") as handle:
+            for batch in pq.ParquetFile(self.path).iter_batches(batch_size=4096):
+                for row in batch.to_pylist():
+                    handle.write(json.dumps({k: v for k, v in row.items() if v is not None}, ensure_ascii=False) + "\n")
+
+
+class DatasetOutput(ParquetOutput):
+    """`--dataset IN --output OUT.parquet`: the input's rows, in order, plus `caption` (and
+    `captions`/`caption_scores` with several, `caption_error` where one failed)."""
+
+    key_name = "row"
+
+    def __init__(self, path: Path, source: ParquetSource, caption_column: str = "caption") -> None:
+        super().__init__(path)
+        self.source = source
+        self.column = caption_column
+        taken = {caption_column, caption_column + "s", caption_column + "_scores", caption_column + "_error"}
+        clash = taken & set(source.schema.names)
+        if clash:
+            raise OutputError(
+                f"the dataset already has a column {sorted(clash)[0]!r}; name the new one with --caption-column"
+            )
+
+    def _schema(self, pa):
+        renamed = {"caption": self.column, "captions": self.column + "s", "scores": self.column + "_scores",
+                   "error": self.column + "_error"}
+        fields = [f.with_name(renamed[f.name]) for f in self._result_fields(pa)]
+        return pa.schema([*self.source.schema, *fields])
+
+    def _tables(self, pa, schema):
+        """The input's record batches beside the journal's rows, which are in row order."""
+        extra = schema.names[len(self.source.schema):]
+        journal = (row for rows in self._journal_rows() for row in rows)
+        expected = 0
+        for batch in self.source.record_batches():
+            columns: dict[str, list] = {name: [] for name in extra}
+            for _ in range(batch.num_rows):
+                row = next(journal, None)
+                if row is None or row.get("row") != str(expected):
+                    raise OutputError(f"{self.journal.path} does not hold row {expected}; run again with --resume")
+                expected += 1
+                values = [row.get("caption"), row.get("captions"), row.get("scores"), row.get("error")]
+                if row.get("captions") and "caption" not in row:
+                    values[0] = row["captions"][0]
+                by_name = dict(zip([self.column, self.column + "s", self.column + "_scores", self.column + "_error"], values))
+                for name in extra:
+                    columns[name].append(by_name[name])
+            table = pa.Table.from_batches([batch])
+            for name in extra:
+                table = table.append_column(schema.field(name), pa.array(columns[name], schema.field(name).type))
+            yield table.cast(schema)
+
+    def _result_fields(self, pa) -> list:
+        fields = super()._result_fields(pa)
+        if any(f.name == "captions" for f in fields) and not any(f.name == "caption" for f in fields):
+            fields.insert(0, pa.field("caption", pa.string()))
+        return fields
+
+    def _journal_from_output(self) -> None:
+        _, pq = _pyarrow()
+        names = {self.column: "caption", self.column + "s": "captions", self.column + "_scores": "scores",
+                 self.column + "_error": "error"}
+        with self.journal.path.open("w", encoding="utf-8") as handle:
+            index = 0
+            for batch in pq.ParquetFile(self.path).iter_batches(batch_size=4096, columns=[
+                    n for n in names if n in pq.read_schema(self.path).names]):
+                for row in batch.to_pylist():
+                    record = {"row": str(index), **{names[k]: v for k, v in row.items() if v is not None}}
+                    handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+                    index += 1

@@ -1,0 +1,375 @@
+"""Bulk captioning through the CLI: outputs, resume after a kill, caption files, Parquet, safety."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from captioner import CaptionSettings, load_image
+from captioner.bulk import Item, caption_batches
+from captioner.cli import main
+from captioner.exports import spreadsheet_safe, spreadsheet_unsafe, write_downloads
+from conftest import SRC, encode, photo, run_cli
+from reference import ModelCardReference
+
+
+@pytest.fixture
+def folder(tmp_path):
+    root = tmp_path / "photos"
+    (root / "nested").mkdir(parents=True)
+    for i in range(5):
+        photo(i).save(root / f"p{i}.jpg")
+    photo(9).save(root / "nested" / "q.png")
+    (root / "nested" / "broken.jpg").write_bytes(b"not an image")
+    (root / "empty.png").write_bytes(b"")
+    (root / "cut.jpg").write_bytes(encode(photo(3), "JPEG")[:300])
+    (root / "notes.txt").write_text("not an image suffix: not listed")
+    return root
+
+
+def caption_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def expected_captions(captioner, paths, **settings) -> list[str]:
+    images = [load_image(p) for p in paths]
+    return [c[0].text for c in captioner.caption(images, CaptionSettings(**settings))]
+
+
+def test_folder_rows_in_order_equal_captioner_and_model_card(captioner, tiny_checkpoint, folder, tmp_path, capsys):
+    out = tmp_path / "out.jsonl"
+    code = main(["caption", "--model", str(tiny_checkpoint), "--batch-size", "3", "--output", str(out), str(folder)])
+    rows = caption_rows(out)
+    assert code == 1  # some files failed; the rest were captioned
+    names = sorted(p for p in folder.rglob("*") if p.suffix in (".jpg", ".png"))
+    assert [r["path"] for r in rows] == [str(p) for p in names]
+    good = [p for p in names if p.name.startswith(("p", "q"))]
+    by_path = {r["path"]: r for r in rows}
+    assert [by_path[str(p)]["caption"] for p in good] == expected_captions(captioner, good)
+    assert [by_path[str(p)]["caption"] for p in good[:2]] == ModelCardReference(tiny_checkpoint).predict(
+        [load_image(p) for p in good[:2]])
+    errors = {Path(r["path"]).name: r["error"] for r in rows if "error" in r}
+    assert set(errors) == {"broken.jpg", "empty.png", "cut.jpg"}
+    assert "empty" in errors["empty.png"] and "truncated" in errors["cut.jpg"]
+    assert "captioned 6, skipped 0 as already done, failed 3" in capsys.readouterr().err
+
+
+def test_existing_output_is_refused_and_left_untouched(tiny_checkpoint, folder, tmp_path, capsys):
+    out = tmp_path / "out.csv"
+    out.write_text("someone's work\n")
+    assert main(["caption", "--model", str(tiny_checkpoint), "--output", str(out), str(folder)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "already exists" in err[0] and "--resume" in err[0] and "--overwrite" in err[0]
+    assert out.read_text() == "someone's work\n"
+    assert main(["caption", "--model", str(tiny_checkpoint), "--overwrite", "--output", str(out), str(folder)]) == 1
+    assert len(list(csv.DictReader(out.open()))) == 9
+
+
+def test_resume_repairs_a_torn_line_and_finishes_each_image_once(tiny_checkpoint, folder, tmp_path, capsys):
+    out = tmp_path / "out.jsonl"
+    args = ["caption", "--model", str(tiny_checkpoint), "--output", str(out), str(folder)]
+    main(args)
+    full = out.read_bytes()
+    lines = full.splitlines(keepends=True)
+    out.write_bytes(b"".join(lines[:4]) + lines[4][:17])  # a kill in the middle of the fifth row
+    assert main([*args, "--resume"]) == 0  # the failed files were among the rows kept
+    assert out.read_bytes() == full  # the same rows in the same order, each once
+    assert "repaired a torn last line" in capsys.readouterr().err
+    assert main([*args, "--resume"]) == 0
+    assert "captioned 0, skipped 9" in capsys.readouterr().err
+    assert out.read_bytes() == full
+
+
+def test_resume_refuses_a_foreign_line(tiny_checkpoint, folder, tmp_path, capsys):
+    out = tmp_path / "out.jsonl"
+    out.write_text('{"path": "x.jpg", "caption": "a"}\nhello world\n{"path": "y.jpg", "caption": "b"}\n')
+    before = out.read_bytes()
+    assert main(["caption", "--model", str(tiny_checkpoint), "--output", str(out), "--resume", str(folder)]) == 2
+    assert "line 2" in capsys.readouterr().err
+    assert out.read_bytes() == before
+
+
+def wait_for_lines(path: Path, count: int, process, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_bytes().count(b"\n") >= count:
+            return
+        assert process.poll() is None, process.stderr.read()
+        time.sleep(0.02)
+    raise AssertionError(f"fewer than {count} rows after {timeout} s")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
+def test_sigkill_then_resume_gives_each_image_exactly_once(tiny_checkpoint, tmp_path, suffix):
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(300):
+        photo(i, size=(16, 16)).save(images / f"{i:04d}.png")
+    out = tmp_path / f"captions{suffix}"
+    written = out.with_name(out.name + ".partial.jsonl") if suffix == ".parquet" else out
+    command = [sys.executable, "-m", "captioner", "caption", "--model", str(tiny_checkpoint), "--output", str(out),
+               "--batch-size", "4", str(images)]
+    env = {**os.environ, "PYTHONPATH": SRC}
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    wait_for_lines(written, 60, process)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+    before = written.read_bytes()
+    complete = before[: before.rfind(b"\n") + 1]
+    assert 60 <= complete.count(b"\n") < 300, "killed too late to test anything"
+    resumed = subprocess.run([*command, "--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    if suffix == ".parquet":
+        assert not written.exists()
+        keys = pq.read_table(out).column("path").to_pylist()
+    else:
+        assert out.read_bytes().startswith(complete)  # earlier rows byte-identical
+        keys = ([r["path"] for r in csv.DictReader(out.open())] if suffix == ".csv"
+                else [r["path"] for r in caption_rows(out)])
+    assert keys == [str(p) for p in sorted(images.iterdir())]
+
+
+@pytest.mark.slow
+def test_ten_thousand_images_killed_mid_run_and_resumed(tiny_checkpoint, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    tile = encode(photo(0, size=(16, 16)))
+    for i in range(10_000):
+        (images / f"{i:05d}.png").write_bytes(tile if i % 7 else encode(photo(i, size=(16, 16))))
+    out = tmp_path / "captions.jsonl"
+    command = [sys.executable, "-m", "captioner", "caption", "--model", str(tiny_checkpoint), "--output", str(out),
+               "--batch-size", "32", str(images)]
+    env = {**os.environ, "PYTHONPATH": SRC}
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    wait_for_lines(out, 3000, process)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+    resumed = subprocess.run([*command, "--resume"], env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    paths = [r["path"] for r in caption_rows(out)]
+    assert len(paths) == 10_000 and len(set(paths)) == 10_000
+    summary = resumed.stderr.strip().splitlines()[-1]
+    skipped = int(summary.split("skipped ")[1].split()[0])
+    assert 3000 <= skipped < 10_000 and f"captioned {10_000 - skipped}," in summary
+
+
+def test_sidecars_keep_a_persons_caption_and_join_prefix_exactly(captioner, tiny_checkpoint, folder, tmp_path):
+    human = folder / "p1.txt"
+    human.write_text("my own words\n", encoding="utf-8")
+    args = ["caption", "--model", str(tiny_checkpoint), "--sidecar", ".txt", "--prefix", "sks, ", "--suffix", "!"]
+    assert main([*args, str(folder / "p0.jpg"), str(folder / "p1.jpg"), str(folder / "p2.jpg")]) == 0
+    expected = expected_captions(captioner, [folder / "p0.jpg", folder / "p2.jpg"])
+    assert (folder / "p0.txt").read_text(encoding="utf-8") == f"sks, {expected[0]}!\n"
+    assert (folder / "p2.txt").read_text(encoding="utf-8") == f"sks, {expected[1]}!\n"
+    assert human.read_text(encoding="utf-8") == "my own words\n"  # skip is the default
+    (folder / "p2.txt").write_text("edited by hand\n", encoding="utf-8")
+    assert main([*args, "--existing", "append", str(folder / "p1.jpg")]) == 0
+    caption_p1 = expected_captions(captioner, [folder / "p1.jpg"])[0]
+    assert human.read_text(encoding="utf-8") == f"my own words sks, {caption_p1}!\n"
+    assert main([*args, "--existing", "prepend", str(folder / "p2.jpg")]) == 0
+    assert (folder / "p2.txt").read_text(encoding="utf-8") == f"sks, {expected[1]}! edited by hand\n"
+    assert main([*args, "--existing", "overwrite", str(folder / "p2.jpg")]) == 0
+    assert (folder / "p2.txt").read_text(encoding="utf-8") == f"sks, {expected[1]}!\n"
+    assert not list(folder.rglob(".*.partial"))
+
+
+def test_sidecars_under_output_dir_mirror_the_tree(tiny_checkpoint, folder, tmp_path):
+    target = tmp_path / "captions"
+    assert main(["caption", "--model", str(tiny_checkpoint), "--sidecar", "caption", "--output-dir", str(target),
+                 str(folder)]) == 1
+    written = sorted(p.relative_to(target).as_posix() for p in target.rglob("*.caption"))
+    assert written == ["nested/q.caption", "p0.caption", "p1.caption", "p2.caption", "p3.caption", "p4.caption"]
+    assert not list(folder.rglob("*.caption"))
+
+
+def test_sidecar_collisions_and_image_extensions_are_refused(tiny_checkpoint, folder, capsys):
+    photo(1).save(folder / "p0.png")  # p0.jpg and p0.png would share p0.txt
+    assert main(["caption", "--model", str(tiny_checkpoint), "--sidecar", ".txt", str(folder)]) == 2
+    assert "would both write" in capsys.readouterr().err and not (folder / "p0.txt").exists()
+    assert main(["caption", "--model", str(tiny_checkpoint), "--sidecar", ".jpg", str(folder)]) == 2
+    assert "would overwrite images" in capsys.readouterr().err
+
+
+def test_metadata_jsonl_loads_as_an_imagefolder_and_trains(tiny_checkpoint, folder, tmp_path):
+    import datasets
+
+    (folder / "nested" / "broken.jpg").unlink()
+    (folder / "empty.png").unlink()
+    (folder / "cut.jpg").unlink()
+    metadata = folder / "metadata.jsonl"
+    assert main(["caption", "--model", str(tiny_checkpoint), "--output", str(metadata), str(folder)]) == 0
+    rows = caption_rows(metadata)
+    assert sorted(r["file_name"] for r in rows) == ["nested/q.png", "p0.jpg", "p1.jpg", "p2.jpg", "p3.jpg", "p4.jpg"]
+    loaded = datasets.load_dataset("imagefolder", data_dir=str(folder), split="train")
+    assert len(loaded) == 6 and set(loaded["text"]) == {r["text"] for r in rows}
+    assert loaded[0]["image"].size == (64, 48)
+    output = tmp_path / "tuned"
+    result = run_cli("train", "--data", str(folder), "--output", str(output), "--model", str(tiny_checkpoint),
+                     "--epochs", "1", "--batch-size", "2")
+    assert result.returncode == 0, result.stderr
+    assert "6 captions of 6 images (imagefolder)" in result.stderr and (output / "config.json").is_file()
+
+
+def test_metadata_file_must_sit_above_every_image(tiny_checkpoint, folder, capsys):
+    metadata = folder / "nested" / "metadata.jsonl"
+    assert main(["caption", "--model", str(tiny_checkpoint), "--output", str(metadata), str(folder)]) == 2
+    assert "must sit in a folder that holds every image" in capsys.readouterr().err and not metadata.exists()
+
+
+def dataset_file(path: Path, count: int = 7) -> Path:
+    images = [{"bytes": encode(photo(i)), "path": f"img{i}.png"} for i in range(count)]
+    images[3] = {"bytes": b"corrupt bytes", "path": "bad.png"}
+    table = pa.table({"id": list(range(100, 100 + count)), "image": images})
+    pq.write_table(table, path, row_group_size=3)
+    return path
+
+
+def test_parquet_dataset_in_parquet_out_with_a_caption_column(captioner, tiny_checkpoint, tmp_path):
+    source = dataset_file(tmp_path / "train-00000.parquet")
+    out = tmp_path / "captioned.parquet"
+    code = main(["caption", "--model", str(tiny_checkpoint), "--dataset", str(source), "--output", str(out),
+                 "--batch-size", "2"])
+    assert code == 1
+    table = pq.read_table(out)
+    assert table.column_names == ["id", "image", "caption", "caption_error"]
+    assert table.column("id").to_pylist() == list(range(100, 107))
+    assert table.column("image").to_pylist() == pq.read_table(source).column("image").to_pylist()
+    good = [i for i in range(7) if i != 3]
+    expected = [c[0].text for c in captioner.caption([photo(i) for i in good])]
+    captions = table.column("caption").to_pylist()
+    assert [captions[i] for i in good] == expected and captions[3] is None
+    assert "not a supported image" in table.column("caption_error").to_pylist()[3]
+
+
+def test_parquet_dataset_of_paths_and_a_missing_image_column(tiny_checkpoint, tmp_path, capsys):
+    for i in range(2):
+        photo(i).save(tmp_path / f"{i}.png")
+    source = tmp_path / "data.parquet"
+    pq.write_table(pa.table({"file": ["0.png", "1.png"]}), source)
+    args = ["caption", "--model", str(tiny_checkpoint), "--dataset", str(source), "--output", str(tmp_path / "o.parquet")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "no column 'image'" in err and "--image-column" in err
+    assert main([*args, "--image-column", "file"]) == 0
+    assert len(pq.read_table(tmp_path / "o.parquet").column("caption").drop_null()) == 2
+
+
+def test_parquet_output_for_files_resumes_to_add_new_images(tiny_checkpoint, folder, tmp_path):
+    out = tmp_path / "captions.parquet"
+    args = ["caption", "--model", str(tiny_checkpoint), "--output", str(out), str(folder)]
+    assert main(args) == 1
+    first = pq.read_table(out).column("path").to_pylist()
+    photo(40).save(folder / "z_new.jpg")
+    assert main([*args, "--resume"]) == 0  # only the new image was captioned, and it is fine
+    paths = pq.read_table(out).column("path").to_pylist()
+    assert paths == first + [str(folder / "z_new.jpg")]
+
+
+def test_from_list_takes_files_and_folders(tiny_checkpoint, folder, tmp_path, capsys):
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"# photos to caption\n{folder / 'p1.jpg'}\n\n{folder / 'nested'}\n")
+    assert main(["caption", "--json", "--model", str(tiny_checkpoint), "--from-list", str(listing)]) == 1
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [Path(r["path"]).name for r in rows] == ["p1.jpg", "broken.jpg", "q.png"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["EMPTY"], "no images found"),
+    (["IMAGES", "--output", "FILE/out.jsonl"], "cannot write"),
+    (["IMAGES", "--output", "out.txt"], "must end in .jsonl, .csv or .parquet"),
+    (["--dataset", "IMAGES"], "--output X.parquet"),
+    (["IMAGES", "--resume"], "apply to --output"),
+])
+def test_usage_errors_are_one_line_with_exit_2(tiny_checkpoint, folder, tmp_path, args, message, capsys):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "a-file").write_text("x")
+    places = {"EMPTY": str(tmp_path / "empty"), "IMAGES": str(folder), "FILE": str(tmp_path / "a-file")}
+    args = [a.replace("FILE", places["FILE"]) if "FILE/" in a else places.get(a, a) for a in args]
+    assert main(["caption", "--model", str(tiny_checkpoint), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+def test_csv_cells_that_would_run_as_formulas_are_neutralised(tiny_checkpoint, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    names = ["=cmd.png", "+sum.png", "-minus.png", "@at.png", "\tTab.png", "'quote.png", "plain.png"]
+    for i, name in enumerate(names):
+        photo(i).save(images / name)
+    out = tmp_path / "out.csv"
+    args = ["caption", "--model", str(tiny_checkpoint), "--prefix", "=HYPERLINK(\"x\") ", "--output", str(out), str(images)]
+    assert main(args) == 0
+    rows = list(csv.reader(out.open(encoding="utf-8", newline="")))[1:]
+    assert len(rows) == 7
+    for path, caption, _ in rows:
+        assert not path.startswith(("=", "+", "-", "@", "\t", "\r")) and caption.startswith("'=HYPERLINK")
+    assert spreadsheet_safe("=1+1") == "'=1+1" and spreadsheet_safe("\r=1") == "'\r=1"
+    assert all(spreadsheet_unsafe(spreadsheet_safe(n)) == n for n in names)
+    assert main([*args, "--resume"]) == 0 and len(list(csv.reader(out.open()))) == 8  # keys read back exactly
+
+
+def test_relative_names_starting_a_formula_are_neutralised(tiny_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    photo(1).save(tmp_path / "=evil.png")
+    photo(2).save(tmp_path / "@home.png")
+    assert main(["caption", "--model", str(tiny_checkpoint), "--output", "out.csv", "=evil.png", "@home.png"]) == 0
+    cells = [row[0] for row in csv.reader(open("out.csv", encoding="utf-8", newline=""))][1:]
+    assert cells == ["'=evil.png", "'@home.png"]
+    assert main(["caption", "--model", str(tiny_checkpoint), "--output", "out.csv", "--resume", "=evil.png"]) == 0
+    assert main(["caption", "--model", str(tiny_checkpoint), "--output", "metadata.csv", "=evil.png"]) == 0
+    names = [row[0] for row in csv.reader(open("metadata.csv", encoding="utf-8", newline=""))][1:]
+    assert names == ["./=evil.png"]
+
+
+def test_app_downloads_are_spreadsheet_safe(tmp_path):
+    rows = [{"file": "=HYPERLINK(1).png", "caption": "@SUM(A1)"}, {"file": "ok.png", "caption": "", "error": "-1"}]
+    csv_path, jsonl_path = write_downloads(rows, tmp_path)
+    cells = list(csv.reader(open(csv_path, encoding="utf-8", newline="")))
+    assert cells == [["file", "caption", "error"], ["'=HYPERLINK(1).png", "'@SUM(A1)", ""], ["ok.png", "", "'-1"]]
+    assert json.loads(open(jsonl_path).readline())["file"] == "=HYPERLINK(1).png"  # JSON is data, not formulas
+
+
+class RecordingCaptioner:
+    """Stands in for the Captioner: notes whether an image was decoded while a batch was captioned."""
+
+    def __init__(self, captioner):
+        self.real, self.image_limits = captioner, captioner.image_limits
+        self.captioning = threading.Event()
+        self.decoded_while_captioning = threading.Event()
+
+    def caption(self, images, settings):
+        self.captioning.set()
+        self.decoded_while_captioning.wait(timeout=5)  # serial decoding would never set it: 5 s a batch
+        self.captioning.clear()
+        return self.real.caption(images, settings)
+
+
+def test_images_decode_ahead_of_the_model(captioner, folder, monkeypatch):
+    import captioner.bulk as bulk
+
+    fake = RecordingCaptioner(captioner)
+    real_decode = bulk.decode
+
+    def slow_decode(item, model):
+        time.sleep(0.2)
+        if fake.captioning.is_set():
+            fake.decoded_while_captioning.set()
+        return real_decode(item, model)
+
+    monkeypatch.setattr(bulk, "decode", slow_decode)
+    paths = [folder / f"p{i}.jpg" for i in range(5)]
+    started = time.perf_counter()
+    items = [Item(str(p), str(p)) for p in paths]
+    batches = list(caption_batches(fake, items, CaptionSettings(), batch_size=2, ahead=1))
+    assert fake.decoded_while_captioning.is_set() and time.perf_counter() - started < 5
+    assert [r.texts[0] for batch in batches for r in batch] == expected_captions(captioner, paths)
