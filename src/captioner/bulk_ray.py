@@ -38,13 +38,14 @@ def start_ray(address: str | None = None):
     started = time.perf_counter()
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS")
+        # The package travels with the job, so workers on other machines import the same code.
+        job = dict(log_to_driver=False, logging_level=logging.WARNING, runtime_env={"py_modules": [PACKAGE_DIR], "env_vars": _forwarded_environment()})
         try:
             if address:
-                ray.init(address=address, log_to_driver=False)
+                ray.init(address=address, **job)
             else:
                 # A one-machine cluster has no reason to listen on the network.
-                ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1",
-                         log_to_driver=False)
+                ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1", **job)
         except (ConnectionError, RuntimeError, ValueError) as error:
             raise RayUnavailable(f"cannot start or reach Ray at {address or 'a local cluster'}: {error}") from None
     return ray, time.perf_counter() - started
@@ -93,6 +94,7 @@ def ray_batches(
     """Yield result batches in input order, captioned by a pool of `actors` Ray actors."""
     ray, seconds = start_ray(address)
     log.info("Ray ready in %.1f s", seconds)
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # one bar (the CLI's), not Ray's plan and logs
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # rows come back in input order, as the writers expect
     context.enable_progress_bars = False  # the CLI has its own bar
@@ -109,8 +111,6 @@ def ray_batches(
         batch_size=batch_size,
         batch_format="numpy",
         num_cpus=per_actor,
-        # The package travels with the job, so actors on other machines import the same code.
-        runtime_env={"py_modules": [PACKAGE_DIR], "env_vars": _forwarded_environment()},
     )
     position = 0
     for batch in captioned.iter_batches(batch_size=batch_size, batch_format="numpy"):

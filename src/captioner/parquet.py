@@ -21,8 +21,11 @@ READ_ROWS = 256  # rows read at once: a batch of images' bytes, not the dataset
 
 
 def _pyarrow():
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise SourceError("Parquet needs pyarrow: pip install -r requirements-ray.txt (or pip install pyarrow)") from None
 
     return pa, pq
 

@@ -1,0 +1,78 @@
+"""`caption --ray`: the same job on Ray Data gives the same captions as the single-process path.
+
+One local Ray (loopback only, usage stats off) serves the in-process tests; it starts once per
+session and shuts down at the end. One test runs the CLI in a process of its own, which starts
+its own local Ray as a user's command would.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from captioner.cli import main
+from conftest import SRC, photo
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    # Ray's workers inherit this process's environment: let them import the package as it does.
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")]))
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def images(tmp_path):
+    folder = tmp_path / "images"
+    (folder / "sub").mkdir(parents=True)
+    for i in range(11):
+        photo(i).save(folder / ("sub" if i % 4 == 0 else ".") / f"{i:02d}.png")
+    (folder / "broken.jpg").write_bytes(b"no image here")
+    return folder
+
+
+def rows(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_ray_captions_equal_the_single_process_run(local_ray, tiny_checkpoint, images, tmp_path):
+    single, on_ray = tmp_path / "single.jsonl", tmp_path / "ray.jsonl"
+    common = ["caption", "--model", str(tiny_checkpoint), "--batch-size", "3", "--prefix", "tok, ", str(images)]
+    assert main([*common, "--output", str(single)]) == 1
+    assert main([*common, "--output", str(on_ray), "--ray", "--actors", "2"]) == 1
+    assert on_ray.read_text() == single.read_text()  # same rows, same order, errors included
+    assert len(rows(on_ray)) == 12 and sum("error" in row for row in rows(on_ray)) == 1
+
+
+@pytest.mark.slow
+def test_ray_resume_skips_what_is_done_and_several_captions_match(local_ray, tiny_checkpoint, images, tmp_path):
+    single, on_ray = tmp_path / "single.jsonl", tmp_path / "ray.jsonl"
+    common = ["caption", "--model", str(tiny_checkpoint), "--num-captions", "2", str(images)]
+    main([*common, "--output", str(single)])
+    lines = single.read_text().splitlines(keepends=True)
+    on_ray.write_text("".join(lines[:5]))
+    assert main([*common, "--output", str(on_ray), "--resume", "--ray", "--actors", "1"]) == 1
+    assert on_ray.read_text() == single.read_text()
+
+
+@pytest.mark.slow
+def test_cli_starts_its_own_local_ray(tiny_checkpoint, images, tmp_path):
+    out = tmp_path / "sidecars"
+    env = {**os.environ, "PYTHONPATH": SRC, "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    command = [sys.executable, "-m", "captioner", "caption", "--model", str(tiny_checkpoint), str(images),
+               "--sidecar", ".txt", "--output-dir"]
+    single = subprocess.run([*command, str(out / "single")], env=env, capture_output=True, text=True, timeout=300)
+    on_ray = subprocess.run([*command, str(out / "ray"), "--ray"], env=env, capture_output=True, text=True, timeout=300)
+    assert single.returncode == 1 and on_ray.returncode == 1, on_ray.stderr[-3000:]
+    captions = {p.relative_to(out / "single"): p.read_text() for p in (out / "single").rglob("*.txt")}
+    assert len(captions) == 11
+    assert {p.relative_to(out / "ray"): p.read_text() for p in (out / "ray").rglob("*.txt")} == captions
