@@ -60,7 +60,8 @@ class Summary:
     captioned: int = 0
     skipped: int = 0  # already done: in the output being resumed, or a caption file kept
     failed: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # the captioning itself, from the first batch asked for to the last written
+    startup_seconds: float = 0.0  # starting or joining Ray, before that
 
     def line(self) -> str:
         rate = self.captioned / self.seconds if self.seconds > 0 else 0.0

@@ -124,7 +124,7 @@ def run_caption(args: argparse.Namespace) -> int:
         if isinstance(items, list):
             pending = list(pending)  # the count is known before the bar starts
         skipped = summary.skipped if isinstance(items, list) else sum(len(getattr(w, "keys", ())) for w in writers)
-        batches = _batches(args, settings, pending)  # loads the model first, outside the bar's clock
+        batches = _batches(args, settings, pending, summary)  # loads the model first, outside the bar's clock
         with tqdm(total=total, initial=skipped, unit="image", file=sys.stderr, disable=total < 2) as bar:
             def progress(results):
                 bar.update(len(results))
@@ -146,18 +146,19 @@ def run_caption(args: argparse.Namespace) -> int:
     return 1 if summary.failed else 0
 
 
-def _batches(args: argparse.Namespace, settings, pending):
+def _batches(args: argparse.Namespace, settings, pending, summary: Summary):
     pending = iter(pending)
     first = next(pending, None)
     if first is None:
         return iter(())  # nothing left to do: no model to load
     pending = itertools.chain([first], pending)
     if args.ray:
-        from .bulk_ray import ray_batches
+        from .bulk_ray import ray_batches, start_ray
 
-        return ray_batches(list(pending), settings, model=args.model, dtype=args.dtype, batch_size=args.batch_size,
-                           actors=args.actors, threads_per_actor=args.threads_per_actor,
-                           address=args.ray_address, prefix=args.prefix, suffix=args.suffix)
+        ray, summary.startup_seconds = start_ray(args.ray_address)
+        return ray_batches(ray, list(pending), settings, model=args.model, dtype=args.dtype,
+                           batch_size=args.batch_size, actors=args.actors,
+                           threads_per_actor=args.threads_per_actor, prefix=args.prefix, suffix=args.suffix)
     from .inference import Captioner
 
     captioner = Captioner.from_pretrained(args.model, dtype=args.dtype)

@@ -79,6 +79,7 @@ def _as_image(value) -> str | bytes:
 
 
 def ray_batches(
+    ray,
     items: Sequence[Item],
     settings: CaptionSettings,
     *,
@@ -87,13 +88,11 @@ def ray_batches(
     batch_size: int = 8,
     actors: int = 2,
     threads_per_actor: int = 1,
-    address: str | None = None,
     prefix: str = "",
     suffix: str = "",
 ) -> Iterator[list[Result]]:
-    """Yield result batches in input order, captioned by a pool of `actors` Ray actors."""
-    ray, seconds = start_ray(address)
-    log.info("Ray ready in %.1f s", seconds)
+    """Yield result batches in input order, captioned by a pool of `actors` Ray actors
+    (`ray` as `start_ray` returns it)."""
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # one bar (the CLI's), not Ray's plan and logs
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # rows come back in input order, as the writers expect
