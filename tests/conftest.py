@@ -96,6 +96,20 @@ def running_app(captioner, tiny_checkpoint):
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
+def wait_until_waiting(jobs, timeout=60):
+    """Until every gradio_client job is in the queue or running (the model held): no fixed sleep."""
+    import time
+
+    from gradio_client.utils import Status
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(job.status().code in (Status.IN_QUEUE, Status.PROCESSING) for job in jobs):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"jobs not queued after {timeout} s: {[job.status().code for job in jobs]}")
+
+
 def run_cli(*args, env=None):
     environment = {**os.environ, "PYTHONPATH": SRC, "HF_HUB_OFFLINE": "1", **(env or {})}
     return subprocess.run(

@@ -10,7 +10,7 @@ from gradio_client import handle_file
 
 from captioner import CaptionSettings
 from captioner.ui import example_photos
-from conftest import encode, photo
+from conftest import encode, photo, wait_until_waiting
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +106,26 @@ def test_another_gradio_keeps_its_own_loop_and_polls_every_20_ms(captioner, monk
     assert "start_processing" not in vars(demo._queue)  # gradio's own method, untouched
 
 
+def test_each_change_to_gradio_reports_its_path_and_falls_back(captioner, monkeypatch):
+    from gradio import queueing
+
+    from captioner.ui import build_demo
+
+    changes = build_demo(captioner).gradio_changes
+    assert changes == {"validators": "unbatched", "queue loop": "woken by work",
+                       "monitoring summary": "rebuilt every 1000 events"}
+    # A gradio without the validator factory: no validator on the batched event (it would fail
+    # there); the handler's own per-request checks still refuse a bad image alone.
+    monkeypatch.delattr(queueing, "create_validator_fn")
+    monkeypatch.setenv("GRADIO_ANALYTICS_CACHE_FREQUENCY", "5")
+    demo = build_demo(captioner)
+    assert demo.gradio_changes["validators"].startswith("stock")
+    assert demo.gradio_changes["monitoring summary"] == "as GRADIO_ANALYTICS_CACHE_FREQUENCY sets it"
+    caption_fns = [fn for fn in demo.fns.values() if fn.api_name == "caption"]
+    assert caption_fns and caption_fns[0].validator is None
+    assert demo._queue.ANAYLTICS_CACHE_FREQUENCY != 1000
+
+
 def test_api_documents_caption_with_named_defaulted_settings(client):
     parameters = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/caption"]["parameters"]
     names = [p["parameter_name"] for p in parameters]
@@ -144,9 +164,9 @@ def test_concurrent_clients_with_mixed_settings_are_batched_and_each_gets_its_ow
     running_app.service.batch_sizes.clear()
     clients = [running_app.client() for _ in mixes]
     # Hold the model while the requests arrive, so the queue has several waiting to batch.
-    with captioner._lock:
+    with captioner.paused():
         jobs = [c.submit(handle_file(str(p)), **mix, api_name="/caption") for c, p, mix in zip(clients, paths, mixes)]
-        time.sleep(3)
+        wait_until_waiting(jobs)
     results = [job.result(timeout=120) for job in jobs]
     assert results == expected
     sizes = running_app.service.batch_sizes

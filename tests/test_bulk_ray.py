@@ -5,6 +5,7 @@ session and shuts down at the end. One test runs the CLI in a process of its own
 its own local Ray as a user's command would.
 """
 
+import ipaddress
 import json
 import os
 import subprocess
@@ -19,11 +20,14 @@ from conftest import SRC, photo
 @pytest.fixture(scope="session")
 def local_ray():
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    # Without this, Ray on Linux turns 127.0.0.1 into the machine's network address.
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     # Ray's workers inherit this process's environment: let them import the package as it does.
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")]))
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    assert {node["NodeManagerAddress"] for node in ray.nodes()} == {"127.0.0.1"}, "Ray left loopback"
     yield ray
     ray.shutdown()
 
@@ -76,3 +80,20 @@ def test_cli_starts_its_own_local_ray(tiny_checkpoint, images, tmp_path):
     captions = {p.relative_to(out / "single"): p.read_text() for p in (out / "single").rglob("*.txt")}
     assert len(captions) == 11
     assert {p.relative_to(out / "ray"): p.read_text() for p in (out / "ray").rglob("*.txt")} == captions
+
+
+@pytest.mark.slow
+def test_the_clis_local_ray_listens_on_loopback_only(tmp_path):
+    probe = ("from captioner.bulk_ray import start_ray; import psutil, os; ray, _ = start_ray(); "
+             "print(ray.util.get_node_ip_address()); "
+             "print(sorted({c.laddr.ip for p in psutil.process_iter() if 'ray' in ' '.join(p.cmdline() or []) "
+             "for c in p.net_connections('inet') if c.status == 'LISTEN'}))")
+    env = {**os.environ, "PYTHONPATH": SRC}
+    env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
+    env.pop("RAY_ADDRESS", None)
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    node, listening = done.stdout.strip().splitlines()[-2:]
+    assert node == "127.0.0.1"
+    addresses = [ipaddress.ip_address(a) for a in json.loads(listening.replace("'", '"'))]
+    assert addresses and all((getattr(a, "ipv4_mapped", None) or a).is_loopback for a in addresses), listening

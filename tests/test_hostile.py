@@ -12,7 +12,7 @@ from PIL import Image
 
 from captioner import CaptionSettings, InvalidImage, InvalidSettings, load_image
 from captioner.ui import AppLimits
-from conftest import RunningApp, encode, photo
+from conftest import RunningApp, encode, photo, wait_until_waiting
 
 
 def _exif_rotated():
@@ -110,15 +110,22 @@ def test_files_outside_the_app_are_not_served(running_app):
 
 
 def test_rest_route_cannot_bypass_the_queue(running_app, good_photo):
-    response = httpx.post(f"{running_app.url}gradio_api/run/caption", json={"data": [None]}, timeout=10)
-    assert response.status_code >= 400
+    # A payload the queue would accept (an uploaded file and every setting), so only the closed
+    # route can refuse it.
+    upload = httpx.post(f"{running_app.url}gradio_api/upload", files={"files": good_photo.open("rb")}, timeout=10)
+    path = upload.json()[0]
+    data = [{"path": path, "meta": {"_type": "gradio.FileData"}}, "Beam search", 16, 4, 1.0, 50, 1.0, 1.0, 0, 1, -1]
+    response = httpx.post(f"{running_app.url}gradio_api/run/caption", json={"data": data}, timeout=30)
+    assert response.status_code in (403, 404), (response.status_code, response.text[:200])
+    queued = running_app.client().predict(handle_file(str(good_photo)), api_name="/caption")
+    assert queued  # the same request through the queue is answered
 
 
 def test_full_queue_answers_busy_at_once(captioner, good_photo):
     small = RunningApp(captioner, AppLimits(queue_size=2, max_batch_size=1))
     try:
         clients = [small.client() for _ in range(6)]
-        with captioner._lock:  # the model is busy: requests pile up
+        with captioner.paused():  # the model is busy: requests pile up
             jobs = []
             for c in clients:
                 jobs.append(c.submit(handle_file(str(good_photo)), api_name="/caption"))
@@ -144,9 +151,9 @@ def test_a_bad_request_never_fails_its_batch_mates(running_app, captioner, tmp_p
     clients = [running_app.client() for _ in range(len(goods) + len(bads))]
     order = [goods[0], bads[0], goods[1], bads[1], goods[2], bads[2], goods[3]]
     # Hold the model while they arrive, so good and bad requests wait in the queue together.
-    with captioner._lock:
+    with captioner.paused():
         jobs = [c.submit(handle_file(str(p)), api_name="/caption") for c, p in zip(clients, order)]
-        time.sleep(3)
+        wait_until_waiting([job for job, path in zip(jobs, order) if path in goods])
     outcomes = []
     for job in jobs:
         try:
@@ -224,3 +231,28 @@ def test_any_image_decodes_to_rgb_or_is_refused_cleanly(width, height, mode, fmt
     except InvalidImage:
         return
     assert out.mode == "RGB" and out.size in ((width, height), (height, width))
+
+
+@hyp_settings(max_examples=30, deadline=None)
+@given(
+    width=st.integers(1, 200), height=st.integers(1, 200),
+    mode=st.sampled_from(["RGB", "L", "RGBA"]), fmt=st.sampled_from(["PNG", "JPEG"]),
+)
+def test_ordinary_images_always_decode(width, height, mode, fmt):
+    if fmt == "JPEG" and mode == "RGBA":
+        mode = "RGB"  # JPEG has no alpha
+    image = Image.new(mode, (width, height), color=(30, 120, 200, 255)[: len(mode)] if mode != "L" else 90)
+    out = load_image(encode(image, fmt))  # must not raise: these are the photos people send
+    assert out.mode == "RGB" and out.size == (width, height)
+
+
+@given(
+    strategy=st.sampled_from(["beam", "greedy", "sample"]),
+    max_length=st.integers(2, 64), num_beams=st.integers(1, 8),
+    temperature=st.floats(0.05, 5.0), top_k=st.integers(0, 1000), top_p=st.floats(0.05, 1.0),
+    repetition_penalty=st.floats(1.0, 3.0), no_repeat_ngram_size=st.integers(0, 6), seed=st.none() | st.integers(0, 2**32 - 1),
+)
+def test_every_setting_inside_its_range_is_accepted(strategy, num_beams, **values):
+    num_captions = 1 if strategy == "greedy" else min(num_beams, 3) if strategy == "beam" else 3
+    settings = CaptionSettings(strategy=strategy, num_beams=num_beams, num_captions=num_captions, **values)
+    assert settings.generate_kwargs()["num_return_sequences"] == num_captions

@@ -152,11 +152,12 @@ def test_idle_work_waits_while_jobs_keep_coming_but_not_forever(quick_idle):
     ran: list[float] = []
     when_model_idle(lambda: ran.append(time.monotonic()))
     started = time.monotonic()
-    while time.monotonic() - started < 2.0:  # a job every 50 ms: never idle for 0.2 s
+    while time.monotonic() - started < 3.0:  # a job every 50 ms: never idle for 0.2 s
         on_model_thread(time.sleep, 0.05)
         if time.monotonic() - started < 0.9:
             assert not ran, "idle work ran between jobs before MAX_DEFER_S"
-    assert len(ran) == 1 and 1.0 <= ran[0] - started < 1.5, "deferred past MAX_DEFER_S under load"
+    # Wide enough for a busy 2-core VM, and still well short of "never" (the loop runs 3 s).
+    assert len(ran) == 1 and 1.0 <= ran[0] - started < 2.5, "deferred past MAX_DEFER_S under load"
 
 
 def test_failing_idle_work_is_logged_and_the_thread_serves_on(quick_idle, caplog):
@@ -171,7 +172,7 @@ def test_failing_idle_work_is_logged_and_the_thread_serves_on(quick_idle, caplog
 
 def test_the_app_gives_memory_back_once_the_model_is_idle_not_after_every_batch(
         captioner, photos, tmp_path, quick_idle, monkeypatch):
-    from captioner import ui
+    from captioner import service as ui
 
     trims: list[tuple[str, float]] = []
     monkeypatch.setattr(ui, "release_free_memory", lambda: trims.append((current_thread_name(), time.monotonic())))

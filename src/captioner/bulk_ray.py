@@ -30,24 +30,33 @@ class RayUnavailable(CaptionError):
 def start_ray(address: str | None = None):
     """Join the cluster at `address` (or $RAY_ADDRESS); without one, start a local Ray that
     listens on loopback only. Returns the ray module and the seconds the start took."""
+    address = address or os.environ.get("RAY_ADDRESS")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if not address:
+        # A one-machine cluster has no reason to be reachable from the network. Ray on Linux maps
+        # 127.0.0.1 to the machine's network address unless this is off (ray_constants.py); it
+        # is read when ray is imported, and the processes Ray starts inherit it.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     try:
         import ray
     except ImportError:
         raise RayUnavailable("--ray needs Ray: pip install -r requirements-ray.txt") from None
     started = time.perf_counter()
     if not ray.is_initialized():
-        address = address or os.environ.get("RAY_ADDRESS")
         # The package travels with the job, so workers on other machines import the same code.
-        job = dict(log_to_driver=False, logging_level=logging.WARNING, runtime_env={"py_modules": [PACKAGE_DIR], "env_vars": _forwarded_environment()})
+        job = dict(log_to_driver=False, logging_level=logging.WARNING,
+                   runtime_env={"py_modules": [PACKAGE_DIR], "env_vars": _forwarded_environment()})
         try:
             if address:
                 ray.init(address=address, **job)
             else:
-                # A one-machine cluster has no reason to listen on the network.
                 ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1", **job)
         except (ConnectionError, RuntimeError, ValueError) as error:
             raise RayUnavailable(f"cannot start or reach Ray at {address or 'a local cluster'}: {error}") from None
+        if not address and ray.util.get_node_ip_address() != "127.0.0.1":
+            ray.shutdown()  # ray was imported before this could keep it on loopback
+            raise RayUnavailable("a local Ray must listen on 127.0.0.1: set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 "
+                                 "before ray is imported, or give --ray-address")
     return ray, time.perf_counter() - started
 
 

@@ -5,8 +5,8 @@
    exceeds the max_batch_size". Validators look at one request by design.
 
 2. The queue starts work when work arrives instead of polling for it. gradio 6.31's loop looks for
-   work every 1 ms, busy or idle: 6.6% of a core on a 2-core Space, taken from the model's two
-   threads while a batch runs, whose barriers make any core taken from one thread stall both. The
+   work every 1 ms, busy or idle: a few percent of a core on a 2-core Space, taken from the model's
+   two threads while a batch runs, whose barriers make any core taken from one thread stall both. The
    loop here sleeps until a request joins or a job ends. It is a copy of that gradio's
    `Queue.start_processing` with its sleeps replaced, so it is used only where the installed
    method's source is the one copied (`_STOCK_LOOP_SHA256`); any other gradio polls every 20 ms.
@@ -14,9 +14,8 @@
 3. The monitoring summary is recomputed every ANALYTICS_SUMMARY_EVERY events, not after every one.
    gradio rebuilds it after each event ends (`GRADIO_ANALYTICS_CACHE_FREQUENCY`, default 1): a
    pandas DataFrame of every event it keeps (up to 10,000), grouped and percentiled, on a worker
-   thread while the next batch runs. Measured here: about 1 ms an event with 200 kept, 8.4 ms
-   with 10,000, so a Space's every batch of 8 would lose ~70 ms of a core once it has served
-   10,000 requests. The summary only feeds gradio's /monitoring page.
+   thread while the next batch runs, at a cost that grows with the events kept (figures in
+   docs/performance.md). The summary only feeds gradio's /monitoring page.
 """
 
 from __future__ import annotations
@@ -41,10 +40,31 @@ PROGRESS_POLL_S = 1.0  # gradio's progress loop; no handler here reports progres
 ANALYTICS_SUMMARY_EVERY = 1000  # events between two rebuilds of gradio's monitoring summary
 
 
-def validate_one_request_at_a_time() -> None:
+def adapt_gradio(demo: gr.Blocks) -> dict[str, str]:
+    """Apply the three changes above to `demo` (after `demo.queue()`, before launch), each only
+    where the installed gradio has what it changes. Logs and returns the path each one took."""
+    paths = {
+        "validators": validate_one_request_at_a_time(),
+        "queue loop": start_work_when_it_arrives(demo),
+        "monitoring summary": summarise_analytics_rarely(demo),
+    }
+    for change, path in paths.items():
+        log.info("gradio %s, %s: %s", gr.__version__, change, path)
+    return paths
+
+
+def can_unbatch_validators() -> bool:
+    from gradio import queueing
+
+    return callable(getattr(queueing, "create_validator_fn", None))
+
+
+def validate_one_request_at_a_time() -> str:
     """Make gradio build every validator unbatched (change 1 above)."""
     from gradio import queueing
 
+    if not can_unbatch_validators():
+        return "stock (no create_validator_fn: the app checks requests in its handlers instead)"
     stock = getattr(queueing.create_validator_fn, "__wrapped__", queueing.create_validator_fn)
 
     def create_validator_fn(fn):
@@ -54,16 +74,18 @@ def validate_one_request_at_a_time() -> None:
 
     create_validator_fn.__wrapped__ = stock
     queueing.create_validator_fn = create_validator_fn
+    return "unbatched"
 
 
-def summarise_analytics_rarely(demo: gr.Blocks) -> None:
+def summarise_analytics_rarely(demo: gr.Blocks) -> str:
     """Change 3 above, on `demo`'s queue, unless GRADIO_ANALYTICS_CACHE_FREQUENCY is set."""
     queue = getattr(demo, "_queue", None)
-    if queue is None or not hasattr(queue, "ANAYLTICS_CACHE_FREQUENCY") or os.environ.get(
-        "GRADIO_ANALYTICS_CACHE_FREQUENCY"
-    ):
-        return
-    queue.ANAYLTICS_CACHE_FREQUENCY = max(queue.ANAYLTICS_CACHE_FREQUENCY, ANALYTICS_SUMMARY_EVERY)  # gradio's spelling
+    if queue is None or not hasattr(queue, "ANAYLTICS_CACHE_FREQUENCY"):  # gradio's spelling
+        return "stock (this gradio's queue has no summary frequency)"
+    if os.environ.get("GRADIO_ANALYTICS_CACHE_FREQUENCY"):
+        return "as GRADIO_ANALYTICS_CACHE_FREQUENCY sets it"
+    queue.ANAYLTICS_CACHE_FREQUENCY = max(queue.ANAYLTICS_CACHE_FREQUENCY, ANALYTICS_SUMMARY_EVERY)
+    return f"rebuilt every {queue.ANAYLTICS_CACHE_FREQUENCY} events"
 
 
 def start_work_when_it_arrives(demo: gr.Blocks) -> str:
@@ -76,9 +98,7 @@ def start_work_when_it_arrives(demo: gr.Blocks) -> str:
         queue.progress_update_sleep_when_free = max(queue.progress_update_sleep_when_free, PROGRESS_POLL_S)
     if _stock_loop_hash(type(queue)) != _STOCK_LOOP_SHA256:
         queue.sleep_when_free = max(queue.sleep_when_free, QUEUE_POLL_S)
-        log.info("gradio %s: its queue loop is not the one this app replaces; polling every %d ms",
-                 gr.__version__, QUEUE_POLL_S * 1000)
-        return "polled every 20 ms"
+        return "polled every 20 ms"  # another gradio's loop: not replaced
     _WorkSignal.install(queue)
     return "woken by work"
 

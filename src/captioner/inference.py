@@ -7,13 +7,14 @@ the benchmark all go through `Captioner.caption`.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 from PIL import Image
@@ -186,6 +187,13 @@ class Captioner:
                 for index, image_captions in zip(chunk, captions):
                     results[index] = image_captions
         return results  # type: ignore[return-value]
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Hold the model: batches wait until the block ends. For tests and maintenance, e.g. to let
+        requests pile up in the app's queue and see them batched."""
+        with self._lock:
+            yield
 
     def _as_rgb(self, image: ImageInput) -> Image.Image:
         if isinstance(image, Image.Image) and image.mode == "RGB":

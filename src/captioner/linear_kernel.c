@@ -126,16 +126,15 @@ int linear_panels(const float *x, long m, long k, const float *panels, const flo
      * - a few blocks (a batch of images' beams): K_CHUNK panel rows at a time go through every
      *   block, and each block prefetches its share of the next chunk. Memory then works during all
      *   of the arithmetic; streaming the whole panel in the first block left it idle during the
-     *   others' (a batch of 8, before the fetches were spread: all decoder products 44 ms a
-     *   step against 49);
+     *   others';
      * - many blocks (the encoder's 197 rows an image): bound by arithmetic; the whole panel goes
      *   through each block in turn, the first one prefetching (chunks were 10-40% slower here). */
     int chunked = blocks > 1 && blocks <= CHUNKED_MAX_BLOCKS;
     long chunk = chunked ? K_CHUNK : k;
     long partial_rows = chunked ? blocks * BIG_BLOCK : BIG_BLOCK;
     /* Chunked, the blocks' shares of the next chunk are fetched one row every `blocks` rows
-     * computed, evenly over the whole chunk (a batch of 8: all decoder products 34-36 ms a step,
-     * against 39-40 ms when each block fetched its share in a burst as it began). */
+     * computed, evenly over the whole chunk: fetched in a burst as each block began, they
+     * competed with that block's own loads. */
     int every = chunked ? (int)blocks : 1;
     int failed = 0;
     #pragma omp parallel num_threads(threads) reduction(|| : failed)

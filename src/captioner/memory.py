@@ -3,17 +3,14 @@
 With many request threads, glibc gives each its own malloc arena, and freed tensor memory stays in
 those arenas: resident memory then climbs for hundreds of requests before it levels off. Two arenas
 (the MALLOC_ARENA_MAX knob, set from Python because Spaces starts `python app.py` with an
-environment we do not control) and a `malloc_trim` keep it flat, measured with
-`python bench/load.py` (64 clients, 1000 requests, tiny checkpoint): +18% from request 100 to 1000
-with glibc defaults, +7.7% with two arenas alone, and +2.0%, -2.5% and -2.4% (three runs) with a
-trim after every batch too.
+environment we do not control) and a `malloc_trim` keep it flat under `python bench/load.py`;
+two arenas alone do not (docs/performance.md).
 
-The trim now waits until the model is idle (`model_thread.when_model_idle`): trimmed pages come
-back as page faults in the next batch, and a full-size batch of 8 right after a trim faulted in
-about 40,000 more pages (160 MB) than one that reused its predecessor's memory.
+The trim waits until the model is idle (`model_thread.when_model_idle`): trimmed pages come back
+as page faults in the next batch, so trimming after every batch would slow a busy server.
 
-A fixed 128 KB mmap threshold, tried first, also kept it flat (+4.6%) but made every larger tensor
-a fresh mapping: a batch of 8 full-size captions took 6.9-7.8 s instead of 4.1-5.3 s.
+A fixed 128 KB mmap threshold also keeps memory flat, but makes every larger tensor a fresh
+mapping, which slowed full-size batches by half.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ of the thousands of small kernels in a caption pays for a sleep and a wake-up.
 A Gradio server has exactly that shape: the model is loaded on the main thread (one team) and the
 handlers run on a pool of worker threads (one team each). On the 2-core benchmark machine a caption
 took 8-12% longer in the server than the same caption run directly
-(one caption at a time, taking turns; see the README's speed section). Loading the model and running
+(one caption at a time, taking turns; see docs/performance.md). Loading the model and running
 every `generate` on one long-lived thread leaves one team, and the gap closes.
 
 The thread is per process, not per Captioner, because the OpenMP teams are too: two Captioners, or a
@@ -29,9 +29,8 @@ from typing import Callable, ParamSpec, TypeVar
 THREAD_NAME = "captioner-model"
 # No model work for this long: the thread is idle and runs its idle work. Long enough that one
 # visitor's next photo, or a benchmark's next single request, does not come right after a trim:
-# one full-size caption just after a trim faulted in about 15,000 pages and took 27 ms longer
-# (756 against 730 ms, medians of 10, AMD EPYC, 2026-12-03). With 1 s, every single request of
-# bench/speed.py's latency rounds (3-4 s apart) paid that.
+# a caption right after a trim faults its memory back in, and a visitor's photos come seconds
+# apart, not milliseconds (docs/performance.md).
 IDLE_AFTER_S = 30.0
 MAX_DEFER_S = 60.0  # under unbroken load, idle work waits at most this long, then runs between jobs
 log = logging.getLogger("captioner.model_thread")

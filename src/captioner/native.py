@@ -2,14 +2,13 @@
 
 Why: a 4-beam caption of one image multiplies 4 rows by all of GPT-2's weights at every step, so
 the step is bound by memory, not arithmetic; a batch of 8 images (32 rows) is bound by arithmetic.
-Over all the decoder's products (bench numbers in the README), oneDNN with packed weights took
-about twice as long as this kernel at 4 rows and 1.3 times as long at 32. No library on PyPI gives
-torch a faster kernel for these shapes, so it is 180 lines of C. The ViT encoder's products (197
-rows an image, bound by arithmetic) use it too: 4-12% faster than MKL on an AMD EPYC.
+On the decoder's shapes it is faster than oneDNN with packed weights and than MKL, and no library
+on PyPI gives torch a faster kernel for them, so it is 180 lines of C. The ViT encoder's products
+(197 rows an image, bound by arithmetic) use it too (measurements in docs/performance.md).
 
 It is built for the widest vectors the CPU has: AVX-512 (panels of 48 columns) where torch reports
-it, else AVX2 + FMA (panels of 24). On an Intel Xeon with AVX-512 the AVX2 build ran the encoder
-at 0.6x MKL's speed; the AVX-512 build at MKL's and oneDNN's (README, "Speed").
+it, else AVX2 + FMA (panels of 24): on a CPU with AVX-512, the AVX2 build is slower than MKL on the
+encoder.
 
 It is optional. `linear_kernel()` compiles it once per machine with the system C compiler (under a
 second, cached under ~/.cache/captioner), loads it with ctypes and checks it against torch. Where

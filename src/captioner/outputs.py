@@ -17,8 +17,7 @@ from typing import Sequence
 
 from .bulk import Item, Result
 from .exports import (
-    CSV_COLUMNS, FORMULA_START, AppendFile, OutputError, csv_header, read_csv_keys, read_jsonl_keys,
-    spreadsheet_safe, write_csv_rows,
+    CSV_COLUMNS, FORMULA_START, AppendFile, OutputError, csv_header, read_csv_keys, read_jsonl_keys, write_csv_rows,
 )
 from .images import IMAGE_SUFFIXES
 

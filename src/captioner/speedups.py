@@ -1,14 +1,13 @@
 """Exact CPU speed-ups for ViT-GPT2 generation, applied to a loaded model in place.
 
-Measured on the benchmark's workload (bench/speed.py, 2-core AMD EPYC) with stock transformers, a
-4-beam caption of one image spends about 90% of its time in the decoder, and most of that in:
+With stock transformers, a 4-beam caption of one image spends most of its time in the decoder,
+and most of that in:
 
-1. Small matrix products (4 to 64 rows) on PyTorch's default fp32 path (MKL), which runs at
-   about a third of oneDNN's speed on the same shapes with the weight packed once in advance.
-   A small C kernel (native.py, linear_kernel.c) with its own packed layout is faster still: about
-   2x oneDNN at 4 rows (one image, 4 beams), where reading the weights from memory is the limit,
-   and 1.3x at 32 (a batch of 8). On an Intel Xeon with AVX-512, where MKL and oneDNN are much
-   closer, its AVX-512 build was 1.2x oneDNN at 4 rows and at 32. `NativeLinear` uses it for the
+1. Small matrix products (4 to 64 rows) on PyTorch's default fp32 path (MKL), which is slow on
+   these shapes. oneDNN with the weight packed once in advance is faster, and a small C kernel
+   (native.py, linear_kernel.c) with its own packed layout faster still, most of all at 4 rows
+   (one image, 4 beams), where reading the weights from memory is the limit (figures in
+   docs/performance.md). `NativeLinear` uses it for the
    decoder's Conv1D layers, the LM head and the encoder's linear layers; where it cannot be built,
    `PackedLinear` (oneDNN) does the decoder's and the encoder stays stock.
 2. Cross-attention keys/values computed once per beam from identical encoder states, then copied
@@ -160,8 +159,8 @@ class GroupedCrossAttention(nn.Module):
         return self.stock.c_proj(attended), None
 
     def _heads(self, states: torch.Tensor) -> torch.Tensor:
-        # Copied head-major once, so that every later step reads each head's keys as one block:
-        # sdpa over the strided view took 0.82 ms a layer at a batch of 8, over the copy 0.53.
+        # Copied head-major once, so that every later step reads each head's keys as one block
+        # instead of striding across heads (sdpa is markedly slower on the strided view).
         return states.view(*states.shape[:2], self.num_heads, self.head_dim).transpose(1, 2).contiguous()
 
 

@@ -1,0 +1,191 @@
+"""The handlers behind the page, the API and MCP: widget values in, captions or gr.Error out.
+
+The setting names come from CaptionSettings once (SETTING_NAMES); the handlers' signatures are
+built from them, so the API's parameters are named after the settings without writing them out.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import inspect
+import json
+import logging
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import gradio as gr
+
+from .components import RANDOM_SEED, CaptionImage
+from .errors import CaptionError, InvalidSettings, RequestTooLarge
+from .exports import write_downloads
+from .images import load_image
+from .inference import Caption, Captioner
+from .memory import release_free_memory
+from .model_thread import when_model_idle
+from .settings import CaptionSettings
+
+log = logging.getLogger("captioner.app")
+SETTING_NAMES: tuple[str, ...] = tuple(field.name for field in dataclasses.fields(CaptionSettings))
+STRATEGY_LABELS = {"Beam search": "beam", "Greedy": "greedy", "Sampling": "sample"}
+
+
+@dataclass(frozen=True)
+class AppLimits:
+    """Everything a single visitor can ask of the server; all configurable from app.py."""
+
+    max_batch_size: int = 8  # images per generate() call from the queue
+    queue_size: int = 64  # waiting requests; beyond this a request is answered "busy" at once
+    max_images_per_request: int = 32  # the many-images tab
+    max_file_mb: int = 20  # uploads, and data: URLs sent through the API
+    max_megapixels: int = 50  # decoded size; above it an image is refused as a decompression bomb
+    decode_workers: int = 2  # images decoded at once while validating (memory bound)
+
+
+def settings_from_widgets(*values: Any) -> CaptionSettings:
+    """Widget values (in SETTING_NAMES order) -> CaptionSettings; sliders send floats."""
+    mapping = dict(zip(SETTING_NAMES, values))
+    mapping["strategy"] = STRATEGY_LABELS.get(mapping["strategy"], mapping["strategy"])
+    if mapping["seed"] == RANDOM_SEED:
+        mapping["seed"] = None
+    return CaptionSettings.from_values(mapping)
+
+
+def format_captions(captions: Sequence[Caption]) -> str:
+    if len(captions) == 1:
+        return captions[0].text
+    return "\n".join(f"{i}. {c.text}   (score {c.score:.2f})" for i, c in enumerate(captions, 1))
+
+
+class CaptionService:
+    """The handlers behind the page and the API, holding the one Captioner."""
+
+    def __init__(self, captioner: Captioner, limits: AppLimits) -> None:
+        self.captioner = captioner
+        self.limits = limits
+        self.image_limits = dataclasses.replace(
+            captioner.image_limits,
+            max_file_bytes=limits.max_file_mb * 1024 * 1024,
+            max_pixels=limits.max_megapixels * 1_000_000,
+        )
+        self._decode_slots = threading.BoundedSemaphore(limits.decode_workers)
+        self.image_input: CaptionImage | None = None  # set by build_demo: turns raw payloads into paths
+        # batch size -> batches the queue formed (bounded, unlike a list, on a server that runs for weeks)
+        self.batch_sizes: collections.Counter[int] = collections.Counter()
+
+    def validate(self, image, *settings):
+        """Runs per request before it joins the queue: a bad request never reaches a batch.
+
+        Called with this one request's values (see gradio_queue.validate_one_request_at_a_time).
+        """
+        try:
+            self._check_request(image, list(settings))
+        except InvalidSettings as error:
+            return [gr.validate(True, "")] + [
+                gr.validate(name != error.field, str(error)) for name in SETTING_NAMES
+            ]
+        except CaptionError as error:
+            # Shown on the page next to the photo; through the API it is the error message.
+            return [gr.validate(False, str(error))] + [gr.validate(True, "")] * len(settings)
+        return [gr.validate(True, "")] * (1 + len(settings))
+
+    def _check_request(self, image, setting_values: list[Any]) -> None:
+        settings_from_widgets(*setting_values)
+        self._decode(image)
+
+    def _image_path(self, payload) -> str | None:
+        """The uploaded file's path from the image input's raw payload.
+
+        The caption event runs with gradio's preprocessing off: gradio hands each input of each
+        request to a worker thread for `preprocess`, 11 thread hops per request, and at a batch
+        of 8 those hops left the model idle between batches. The settings pass
+        through raw anyway; the image's preprocess runs here, in the handler's own thread.
+        """
+        if payload is None or isinstance(payload, str):  # a path: called from Python
+            return payload
+        if self.image_input is None:
+            raise TypeError("CaptionService.image_input is not set")
+        return self.image_input.preprocess(self.image_input.data_model.model_validate(payload))
+
+    def caption(self, image, *settings_lists) -> list[list[str]]:
+        """The queue's batched handler (API name /caption; parameters named after the settings).
+
+        Each argument is a list with one value per queued request; returns one list of captions.
+        """
+        self.batch_sizes[len(image)] += 1
+        # Validation already refused bad requests; anything that still fails here (a file purged
+        # meanwhile) fails only its own request, never its batch-mates.
+        requests = list(zip(image, *settings_lists))
+        results = self._caption_each(
+            len(requests), lambda i: (self._decode(requests[i][0]), settings_from_widgets(*requests[i][1:]))
+        )
+        outputs = [
+            f"Could not caption this image: {r}" if isinstance(r, CaptionError) else format_captions(r)
+            for r in results
+        ]
+        if len(outputs) == 1 and isinstance(results[0], CaptionError):
+            raise gr.Error(outputs[0], print_exception=False)
+        return [outputs]
+
+    def _caption_each(self, count: int, prepare) -> list[list[Caption] | CaptionError]:
+        """Caption `count` items, `prepare(i)` giving item i's (image, settings); an item whose
+        preparation fails gets its CaptionError in its place and the others are captioned together."""
+        results: list[list[Caption] | CaptionError | None] = [None] * count
+        ready: list[tuple[int, Any, CaptionSettings]] = []
+        for index in range(count):
+            try:
+                ready.append((index, *prepare(index)))
+            except CaptionError as error:
+                results[index] = error
+        if ready:
+            started = time.perf_counter()
+            captions = self.captioner.caption([r[1] for r in ready], [r[2] for r in ready])
+            # One JSON object a batch: readable in a Space's log, and parsed by bench/speed.py.
+            log.info(json.dumps({"batch": len(ready), "seconds": round(time.perf_counter() - started, 3)}))
+            # Freed activations go back to the OS once the model is idle: RSS stays flat
+            # (memory.py), and batches under load reuse the memory instead of faulting it in anew.
+            when_model_idle(release_free_memory)
+            for (index, _, _), image_captions in zip(ready, captions):
+                results[index] = image_captions
+        return results  # type: ignore[return-value]
+
+    def _decode(self, image):
+        image = self._image_path(image)
+        if image is None:
+            raise CaptionError("Add a photo first: upload one, paste it, or use the webcam.")
+        with self._decode_slots:
+            return load_image(image, self.image_limits)
+
+    def caption_many(self, files: list[str] | None, *setting_values: Any):
+        """The many-images tab: a table of file name + caption, and CSV / JSONL downloads."""
+        try:
+            settings = settings_from_widgets(*setting_values)
+            if not files:
+                raise CaptionError("Add some images first.")
+            if len(files) > self.limits.max_images_per_request:
+                raise RequestTooLarge(
+                    f"{len(files)} images at once; the limit is {self.limits.max_images_per_request}."
+                )
+        except CaptionError as error:
+            raise gr.Error(str(error), print_exception=False) from None
+        results = self._caption_each(len(files), lambda i: (self._decode(files[i]), settings))
+        rows: list[dict[str, str]] = []
+        for path, result in zip(files, results):
+            if isinstance(result, CaptionError):
+                rows.append({"file": Path(path).name, "caption": "", "error": str(result)})
+            else:
+                rows.append({"file": Path(path).name, "caption": result[0].text})
+        table = [[r["file"], r["caption"] or f"(not captioned: {r['error']})"] for r in rows]
+        return table, *write_downloads(rows, Path(tempfile.mkdtemp(prefix="captions-")))
+
+
+# The API names each parameter after its function's signature: one per setting, in order.
+for _name, _first in (("validate", "image"), ("caption", "image"), ("caption_many", "files")):
+    getattr(CaptionService, _name).__signature__ = inspect.Signature(
+        [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+        + [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in (_first, *SETTING_NAMES)]
+    )
