@@ -40,6 +40,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-file-mb", type=int, default=int(os.environ.get("CAPTIONER_MAX_FILE_MB", AppLimits.max_file_mb)))
     parser.add_argument("--max-megapixels", type=int, default=int(os.environ.get("CAPTIONER_MAX_MEGAPIXELS", AppLimits.max_megapixels)),
                         help="images that decode to more pixels are refused (decompression bombs)")
+    parser.add_argument("--allow-private-urls", action="store_true",
+                        default=os.environ.get("CAPTIONER_ALLOW_PRIVATE_URLS") == "1",
+                        help="fetch image links to loopback and private addresses too (intranets; refused by default)")
+    parser.add_argument("--no-mcp", action="store_true", help="do not serve the caption tools over MCP")
     return parser.parse_args(argv)
 
 
@@ -48,22 +52,23 @@ def create_demo(args: argparse.Namespace):
     limits = AppLimits(
         max_batch_size=args.max_batch_size, queue_size=args.queue_size,
         max_images_per_request=args.max_images, max_file_mb=args.max_file_mb,
-        max_megapixels=args.max_megapixels,
+        max_megapixels=args.max_megapixels, allow_private_urls=args.allow_private_urls,
     )
     return build_demo(captioner, limits), limits
 
 
-def launch_options(limits: AppLimits, host: str, port: int | None) -> dict:
+def launch_options(limits: AppLimits, host: str, port: int | None, mcp: bool = True) -> dict:
     """launch() settings for a public deployment; the tests launch with these too."""
     return dict(
         server_name=host, server_port=port, max_file_size=f"{limits.max_file_mb}mb",
+        mcp_server=mcp,  # the caption tools for agents at /gradio_api/mcp/
         show_error=False,  # visitors see our messages (gr.Error), never internal exception text
         footer_links=["api", "gradio"],
     )
 
 
 def launch(demo, limits: AppLimits, args: argparse.Namespace) -> None:
-    options = launch_options(limits, args.host, args.port)
+    options = launch_options(limits, args.host, args.port, mcp=not args.no_mcp)
     if args.share:
         try:
             demo.launch(share=True, prevent_thread_lock=True, **options)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 from .errors import CaptionError
+from .fetch import FetchPolicy, fetch_bytes, is_url
 from .images import IMAGE_SUFFIXES, load_image
 from .inference import Caption, Captioner
 from .settings import CaptionSettings
@@ -70,9 +71,12 @@ class Summary:
 
 
 def find_images(paths: Sequence[str | os.PathLike]) -> list[Path]:
-    """Files as given; folders searched recursively for image suffixes, in sorted order."""
-    found: list[Path] = []
+    """Files and image links as given; folders searched recursively for image suffixes, sorted."""
+    found: list = []
     for raw in paths:
+        if is_url(raw):
+            found.append(raw)
+            continue
         path = Path(raw)
         if path.is_dir():
             found.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
@@ -92,13 +96,14 @@ def read_path_list(list_file: str | os.PathLike) -> list[str]:
 
 
 def file_items(paths: Sequence[str | os.PathLike]) -> list[Item]:
-    """Items for image files and folders, each with its path below the folder they all share."""
+    """Items for image files, links and folders, each file with its path below the folder they all share."""
     images = find_images(paths)
     if not images:
         raise SourceError("no images found in the given paths")
-    absolute = [p.absolute() for p in images]
-    root = Path(os.path.commonpath([p.parent for p in absolute]))
-    return [Item(str(p), str(p), a.relative_to(root).as_posix()) for p, a in zip(images, absolute)]
+    local = [p.absolute() for p in images if not is_url(p)]
+    root = Path(os.path.commonpath([p.parent for p in local])) if local else Path.cwd()
+    return [Item(p, p, "") if is_url(p) else Item(str(p), str(p), p.absolute().relative_to(root).as_posix())
+            for p in images]
 
 
 def decorate(captions: Sequence[Caption], prefix: str = "", suffix: str = "", scored: bool = False):
@@ -124,10 +129,14 @@ def caption_chunk(captioner: Captioner, items: Sequence[Item], decoded: Sequence
     return results
 
 
-def decode(item: Item, captioner: Captioner):
-    """The item's image, or the CaptionError that says why it cannot be captioned."""
+def decode(item: Item, captioner: Captioner, allow_private_urls: bool = False):
+    """The item's image (a link fetched by the safe fetcher first), or the CaptionError that says
+    why it cannot be captioned."""
     try:
-        return load_image(item.image, captioner.image_limits)
+        image = item.image
+        if is_url(image):
+            image = fetch_bytes(image, FetchPolicy(captioner.image_limits.max_file_bytes, allow_private_urls))
+        return load_image(image, captioner.image_limits)
     except CaptionError as error:
         return error
 
@@ -142,6 +151,7 @@ def caption_batches(
     suffix: str = "",
     decode_workers: int = 2,
     ahead: int = 2,
+    allow_private_urls: bool = False,
 ) -> Iterator[list[Result]]:
     """Yield the results batch by batch, in input order, while the next `ahead` batches decode."""
     with ThreadPoolExecutor(decode_workers, thread_name_prefix="captioner-decode") as pool:
@@ -152,7 +162,7 @@ def caption_batches(
             return caption_chunk(captioner, chunk, [f.result() for f in futures], settings, prefix, suffix)
 
         for chunk in _batched(items, batch_size):
-            pending.append((chunk, [pool.submit(decode, item, captioner) for item in chunk]))
+            pending.append((chunk, [pool.submit(decode, item, captioner, allow_private_urls) for item in chunk]))
             if len(pending) > ahead:
                 yield finish()
         while pending:

@@ -25,6 +25,8 @@ def add_bulk_arguments(parser: argparse.ArgumentParser) -> None:
     inputs.add_argument("--dataset", metavar="PATH", help="a Parquet file or folder (Hugging Face layout); needs --output X.parquet")
     inputs.add_argument("--image-column", default="image", help="the dataset's image column (default image)")
     inputs.add_argument("--caption-column", default="caption", help="the column added to the dataset (default caption)")
+    inputs.add_argument("--allow-private-urls", action="store_true",
+                        help="fetch image links to private and loopback addresses too (intranets; refused by default)")
     out = parser.add_argument_group("outputs (rows go to standard output when neither --output nor --sidecar is given)")
     out.add_argument("--output", type=Path, metavar="FILE",
                      help=".jsonl, .csv or .parquet; metadata.jsonl / metadata.csv write the imagefolder layout")
@@ -158,12 +160,13 @@ def _batches(args: argparse.Namespace, settings, pending, summary: Summary):
         ray, summary.startup_seconds = start_ray(args.ray_address)
         return ray_batches(ray, list(pending), settings, model=args.model, dtype=args.dtype,
                            batch_size=args.batch_size, actors=args.actors,
-                           threads_per_actor=args.threads_per_actor, prefix=args.prefix, suffix=args.suffix)
+                           threads_per_actor=args.threads_per_actor, prefix=args.prefix, suffix=args.suffix,
+                           allow_private_urls=args.allow_private_urls)
     from .inference import Captioner
 
     captioner = Captioner.from_pretrained(args.model, dtype=args.dtype)
     return caption_batches(captioner, pending, settings, batch_size=args.batch_size,
-                           prefix=args.prefix, suffix=args.suffix)
+                           prefix=args.prefix, suffix=args.suffix, allow_private_urls=args.allow_private_urls)
 
 
 def _not_done(items: Iterable[Item], writers, summary: Summary) -> Iterator[Item]:

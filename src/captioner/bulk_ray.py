@@ -64,7 +64,7 @@ class CaptionActor:
     """One per Ray actor: loads the Captioner once, then captions whatever batches it is sent."""
 
     def __init__(self, model: str | None, dtype: str, settings: CaptionSettings, threads: int,
-                 prefix: str, suffix: str) -> None:
+                 prefix: str, suffix: str, allow_private_urls: bool = False) -> None:
         import torch
 
         from .inference import Captioner
@@ -72,12 +72,13 @@ class CaptionActor:
         torch.set_num_threads(threads)  # actors on one machine must not fight over its cores
         self.captioner = Captioner.from_pretrained(model, dtype=dtype)
         self.settings, self.prefix, self.suffix = settings, prefix, suffix
+        self.allow_private_urls = allow_private_urls
 
     def __call__(self, batch: dict) -> dict:
         import numpy as np
 
         items = [Item(str(key), _as_image(image)) for key, image in zip(batch["key"], batch["image"])]
-        decoded = [decode(item, self.captioner) for item in items]
+        decoded = [decode(item, self.captioner, self.allow_private_urls) for item in items]
         results = caption_chunk(self.captioner, items, decoded, self.settings, self.prefix, self.suffix)
         encoded = [json.dumps({"texts": r.texts, "scores": r.scores, "error": r.error}) for r in results]
         return {"key": batch["key"], "result": np.array(encoded, dtype=object)}
@@ -99,6 +100,7 @@ def ray_batches(
     threads_per_actor: int = 1,
     prefix: str = "",
     suffix: str = "",
+    allow_private_urls: bool = False,
 ) -> Iterator[list[Result]]:
     """Yield result batches in input order, captioned by a pool of `actors` Ray actors
     (`ray` as `start_ray` returns it)."""
@@ -114,7 +116,7 @@ def ray_batches(
     captioned = dataset.map_batches(
         CaptionActor,
         fn_constructor_kwargs=dict(model=model, dtype=dtype, settings=settings, threads=threads_per_actor,
-                                   prefix=prefix, suffix=suffix),
+                                   prefix=prefix, suffix=suffix, allow_private_urls=allow_private_urls),
         compute=ray.data.ActorPoolStrategy(size=actors),
         batch_size=batch_size,
         batch_format="numpy",

@@ -15,6 +15,9 @@ from pathlib import Path
 
 import gradio as gr
 
+from .errors import CaptionError
+from .fetch import FetchPolicy, fetch_bytes, is_url
+
 RANDOM_SEED = -1  # the seed box's "no seed": a Number needs a value to give the API a default
 
 
@@ -23,11 +26,14 @@ class CaptionImage(gr.Image):
 
     Stock gr.Image opens every upload with PIL before our code runs (and decodes data: URLs with
     no size limit), so a hostile file fails there with an unhelpful message. Here decoding is left
-    to `load_image`, which knows the limits; remote URLs are refused rather than fetched.
+    to `load_image`, which knows the limits. Image links are fetched by the safe fetcher
+    (fetch.py) when the request is validated, before it is queued.
     """
 
     is_template = True  # render with the stock Image frontend
-    max_data_url_bytes = 20 * 1024 * 1024  # build_demo sets each instance's own from its AppLimits
+    # build_demo sets each instance's own from its AppLimits.
+    max_data_url_bytes = 20 * 1024 * 1024
+    fetch_policy = FetchPolicy()
 
     def preprocess(self, payload):
         if payload is None:
@@ -37,9 +43,20 @@ class CaptionImage(gr.Image):
         return payload.path
 
     async def async_move_resource_to_block_cache(self, url_or_file_path):
-        if isinstance(url_or_file_path, str) and url_or_file_path.startswith(("http://", "https://")):
-            raise gr.Error("Image URLs are not fetched by this app: upload the image file instead.")
+        # A link is passed on as it is: the validator fetches it with the safe fetcher before the
+        # request joins the queue, where a refusal reaches the client with its message.
+        if is_url(url_or_file_path):
+            return url_or_file_path
         return await super().async_move_resource_to_block_cache(url_or_file_path)
+
+
+def save_url(url: str, policy: FetchPolicy, cache_dir: str) -> str:
+    """Fetch an image link into the app's cache (purged with the uploads); refusals are gr.Error."""
+    try:
+        data = fetch_bytes(url, policy)
+    except CaptionError as error:
+        raise gr.Error(f"Could not use this image link: {error}", print_exception=False) from None
+    return save_bytes(data, cache_dir, "urls")
 
 
 def _save_data_url(url: str, max_bytes: int, cache_dir: str) -> str:
@@ -52,7 +69,11 @@ def _save_data_url(url: str, max_bytes: int, cache_dir: str) -> str:
         data = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
         raise gr.Error("The data: URL is not valid base64.") from None
-    directory = Path(cache_dir) / "data-urls"
+    return save_bytes(data, cache_dir, "data-urls")
+
+
+def save_bytes(data: bytes, cache_dir: str, folder: str) -> str:
+    directory = Path(cache_dir) / folder
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{uuid.uuid4().hex}.bin"
     path.write_bytes(data)

@@ -19,6 +19,7 @@ from .bulk import Item, Result
 from .exports import (
     CSV_COLUMNS, FORMULA_START, AppendFile, OutputError, csv_header, read_csv_keys, read_jsonl_keys, write_csv_rows,
 )
+from .fetch import is_url
 from .images import IMAGE_SUFFIXES
 
 MODES = ("new", "resume", "overwrite")
@@ -77,6 +78,8 @@ class MetadataOutput(RowsOutput):
 
     def check(self, items: Sequence[Item]) -> None:
         for item in items:
+            if is_url(item.image):
+                raise OutputError(f"{self.path.name} lists local image files, and {item.key} is a link; use another --output")
             if self.file_name(item).startswith("../"):
                 raise OutputError(
                     f"{self.path.name} must sit in a folder that holds every image; {item.key} is outside "
@@ -138,6 +141,8 @@ class Sidecars:
         """Two images that would share a caption file (photo.jpg, photo.png) stop the run first."""
         seen: dict[Path, str] = {}
         for item in items:
+            if is_url(item.image):
+                raise OutputError(f"caption files go beside local images, and {item.key} is a link; use --output")
             target = self.target(item).absolute()
             if target in seen:
                 raise OutputError(f"{seen[target]} and {item.key} would both write {target}; rename one of them")

@@ -20,9 +20,10 @@ from typing import Any, Sequence
 
 import gradio as gr
 
-from .components import RANDOM_SEED, CaptionImage
+from .components import RANDOM_SEED, CaptionImage, save_bytes
 from .errors import CaptionError, InvalidSettings, RequestTooLarge
 from .exports import write_downloads
+from .fetch import fetch_bytes, is_url
 from .images import load_image
 from .inference import Caption, Captioner
 from .memory import release_free_memory
@@ -44,6 +45,12 @@ class AppLimits:
     max_file_mb: int = 20  # uploads, and data: URLs sent through the API
     max_megapixels: int = 50  # decoded size; above it an image is refused as a decompression bomb
     decode_workers: int = 2  # images decoded at once while validating (memory bound)
+    allow_private_urls: bool = False  # image links to loopback/private addresses (intranets, tests)
+
+    def fetch_policy(self):
+        from .fetch import FetchPolicy
+
+        return FetchPolicy(max_bytes=self.max_file_mb * 1024 * 1024, allow_private=self.allow_private_urls)
 
 
 def settings_from_widgets(*values: Any) -> CaptionSettings:
@@ -76,6 +83,7 @@ class CaptionService:
         self.image_input: CaptionImage | None = None  # set by build_demo: turns raw payloads into paths
         # batch size -> batches the queue formed (bounded, unlike a list, on a server that runs for weeks)
         self.batch_sizes: collections.Counter[int] = collections.Counter()
+        self._fetched: collections.OrderedDict[str, str] = collections.OrderedDict()  # link -> cached file
 
     def validate(self, image, *settings):
         """Runs per request before it joins the queue: a bad request never reaches a batch.
@@ -120,7 +128,7 @@ class CaptionService:
         # Validation already refused bad requests; anything that still fails here (a file purged
         # meanwhile) fails only its own request, never its batch-mates.
         requests = list(zip(image, *settings_lists))
-        results = self._caption_each(
+        results = self.caption_each(
             len(requests), lambda i: (self._decode(requests[i][0]), settings_from_widgets(*requests[i][1:]))
         )
         outputs = [
@@ -131,7 +139,7 @@ class CaptionService:
             raise gr.Error(outputs[0], print_exception=False)
         return [outputs]
 
-    def _caption_each(self, count: int, prepare) -> list[list[Caption] | CaptionError]:
+    def caption_each(self, count: int, prepare) -> list[list[Caption] | CaptionError]:
         """Caption `count` items, `prepare(i)` giving item i's (image, settings); an item whose
         preparation fails gets its CaptionError in its place and the others are captioned together."""
         results: list[list[Caption] | CaptionError | None] = [None] * count
@@ -156,9 +164,26 @@ class CaptionService:
     def _decode(self, image):
         image = self._image_path(image)
         if image is None:
-            raise CaptionError("Add a photo first: upload one, paste it, or use the webcam.")
+            raise CaptionError("Add a photo first: upload one, paste it or its link, or use the webcam.")
+        if is_url(image):
+            image = self.fetched(image)
+        return self.decode_image(image)
+
+    def fetched(self, url: str) -> str:
+        """The link's image in the app's cache: fetched once by the validator, reused by the handler."""
+        path = self._fetched.get(url)
+        if path is None or not Path(path).exists():
+            path = save_bytes(fetch_bytes(url, self.limits.fetch_policy()), self.image_input.GRADIO_CACHE, "urls")
+            self._fetched[url] = path
+            while len(self._fetched) > 256:
+                self._fetched.popitem(last=False)
+        self._fetched.move_to_end(url)
+        return path
+
+    def decode_image(self, source):
+        """Decode under the app's limits, a few at a time (each decode holds a full image)."""
         with self._decode_slots:
-            return load_image(image, self.image_limits)
+            return load_image(source, self.image_limits)
 
     def caption_many(self, files: list[str] | None, *setting_values: Any):
         """The many-images tab: a table of file name + caption, and CSV / JSONL downloads."""
@@ -172,7 +197,7 @@ class CaptionService:
                 )
         except CaptionError as error:
             raise gr.Error(str(error), print_exception=False) from None
-        results = self._caption_each(len(files), lambda i: (self._decode(files[i]), settings))
+        results = self.caption_each(len(files), lambda i: (self._decode(files[i]), settings))
         rows: list[dict[str, str]] = []
         for path, result in zip(files, results):
             if isinstance(result, CaptionError):
@@ -189,3 +214,9 @@ for _name, _first in (("validate", "image"), ("caption", "image"), ("caption_man
         [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
         + [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in (_first, *SETTING_NAMES)]
     )
+
+# The page's batched handlers are API endpoints for gradio_client, but not tools an agent can use
+# (their inputs are uploaded files and widget values): tools.py makes those. gradio lists as MCP
+# tools only functions without an `_mcp_type` other than "tool".
+for _handler in (CaptionService.caption, CaptionService.caption_many):
+    _handler._mcp_type = "page handler"

@@ -13,12 +13,13 @@ from typing import Any
 
 import gradio as gr
 
-from .components import RANDOM_SEED, CaptionImage, SettingNumber, SettingRadio, SettingSlider
+from .components import RANDOM_SEED, CaptionImage, SettingNumber, SettingRadio, SettingSlider, save_url
 from .gradio_queue import adapt_gradio, can_unbatch_validators
 from .images import IMAGE_SUFFIXES
 from .inference import Captioner
 from .service import SETTING_NAMES, STRATEGY_LABELS, AppLimits, CaptionService
 from .settings import BOUNDS, DEFAULT_SETTINGS, CaptionSettings
+from .tools import make_tools
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples"
 MODEL_NOTE = """\
@@ -53,8 +54,11 @@ def build_demo(captioner: Captioner, limits: AppLimits = AppLimits()) -> gr.Bloc
                         type="filepath", sources=["upload", "clipboard", "webcam"], label="Photo",
                         elem_id="photo", height=360,
                     )
-                    image.max_data_url_bytes = limits.max_file_mb * 1024 * 1024  # this demo's own limit
+                    image.max_data_url_bytes = limits.max_file_mb * 1024 * 1024  # this demo's own limits
+                    image.fetch_policy = limits.fetch_policy()
                     service.image_input = image
+                    link = gr.Textbox(label="or paste an image link", placeholder="https://...", max_lines=1,
+                                      elem_id="image-link", submit_btn="Load")
                     caption_button = gr.Button("Caption", variant="primary", elem_id="caption-button")
                 with gr.Column():
                     caption_box = gr.Textbox(
@@ -98,6 +102,14 @@ def build_demo(captioner: Captioner, limits: AppLimits = AppLimits()) -> gr.Bloc
         )
         caption_button.click(**caption_event, api_name="caption")
         examples.load_input_event.then(**caption_event, api_visibility="private")
+        link.submit(
+            lambda url: save_url(url, image.fetch_policy, image.GRADIO_CACHE) if url.strip() else None,
+            inputs=[link], outputs=[image], concurrency_limit=4, concurrency_id="links", api_visibility="private",
+        )
+        for tool in make_tools(service, limits.fetch_policy()):
+            # Tools for agents (MCP) and link-holding API clients; their model work still goes
+            # through the Captioner one batch at a time.
+            gr.api(tool, api_name=tool.__name__, concurrency_limit=4, concurrency_id="links")
         many_button.click(
             service.caption_many,
             inputs=[files, *setting_inputs],

@@ -1,0 +1,232 @@
+"""Images by URL, fetched safely: the one downloader behind the app, the API, MCP, the CLI and bulk.
+
+A URL someone else chose must not turn the server into a proxy into its own network (SSRF), nor
+hold a worker or memory without bound. So:
+- http and https only; the host is resolved once and every address it resolves to must be public
+  (loopback, private, link-local with the cloud metadata address, carrier-grade NAT, multicast,
+  reserved, unspecified are refused, in IPv4, IPv6 and IPv4-mapped IPv6). The connection goes to
+  an address that was checked, never through a second lookup that could be rebound;
+- each redirect is checked the same way, and there are at most a few;
+- the body is streamed with a size cap (a missing or false Content-Length changes nothing), under a
+  connect timeout and a total deadline, and only a few fetches run at once;
+- what arrives is judged by its bytes (images.load_image), never by its Content-Type.
+`allow_private` lifts the address check, for intranets and for tests on loopback.
+"""
+
+from __future__ import annotations
+
+import http.client
+import ipaddress
+import socket
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+from urllib.parse import urljoin, urlsplit
+
+from .errors import InvalidImage
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+Resolver = Callable[[str, int], list[str]]
+CARRIER_GRADE_NAT = ipaddress.ip_network("100.64.0.0/10")
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
+REDIRECTS = (301, 302, 303, 307, 308)
+_slots = threading.BoundedSemaphore(4)  # fetches at once, per process
+
+
+class URLRefused(InvalidImage):
+    """The URL is not fetched, or its download was stopped; the message says why."""
+
+
+@dataclass(frozen=True)
+class FetchPolicy:
+    max_bytes: int = 20 * 1024 * 1024
+    allow_private: bool = False
+    connect_timeout_s: float = 5.0
+    deadline_s: float = 20.0
+    max_redirects: int = 3
+
+
+def is_url(value) -> bool:
+    return isinstance(value, str) and value[:8].lower().startswith(("http://", "https://"))
+
+
+def address_refusal(address: Address) -> str | None:
+    """Why an address may not be fetched from, or None for a public one.
+
+    >>> address_refusal(ipaddress.ip_address("169.254.169.254"))
+    'link-local (where cloud metadata services live)'
+    """
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = address.ipv4_mapped or address.sixtofour or (
+            ipaddress.IPv4Address(int(address) & 0xFFFFFFFF) if address in NAT64 else None)
+        if embedded is not None:
+            return address_refusal(embedded)
+    checks = (
+        (address.is_unspecified, "unspecified"),
+        (address.is_loopback, "loopback"),
+        (address.is_link_local, "link-local (where cloud metadata services live)"),
+        (address in CARRIER_GRADE_NAT, "carrier-grade NAT"),
+        (address.is_multicast, "multicast"),
+        (address.is_reserved, "reserved"),
+        (address.is_private, "private"),
+        (not address.is_global, "non-public"),
+    )
+    return next((reason for refused, reason in checks if refused), None)
+
+
+def system_resolver(host: str, port: int) -> list[str]:
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
+        raise URLRefused(f"the host {host} could not be found") from None
+    return [info[4][0] for info in infos]
+
+
+@dataclass(frozen=True)
+class Target:
+    scheme: str
+    host: str
+    port: int
+    path: str
+    addresses: tuple[Address, ...]
+
+
+def check_url(url: str, policy: FetchPolicy, resolver: Resolver = system_resolver) -> Target:
+    """Parse `url`, resolve its host once and check every address; the connection uses these."""
+    parts = urlsplit(url.strip())
+    if parts.scheme.lower() not in ("http", "https"):
+        raise URLRefused(f"only http and https image links are fetched; got {parts.scheme or 'no'} scheme")
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        raise URLRefused("the link's port is not a number from 1 to 65535") from None
+    if not host:
+        raise URLRefused("the link has no host")
+    port = port or (443 if parts.scheme.lower() == "https" else 80)
+    try:
+        addresses = [ipaddress.ip_address(host)]
+    except ValueError:
+        addresses = [ipaddress.ip_address(a.split("%")[0]) for a in dict.fromkeys(resolver(host, port))]
+    if not addresses:
+        raise URLRefused(f"the host {host} could not be found")
+    if not policy.allow_private:
+        for address in addresses:
+            reason = address_refusal(address)
+            if reason:
+                shown = host if str(address) == host else f"{host} ({address})"
+                raise URLRefused(f"{shown} is a {reason} address: links to it are refused")
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return Target(parts.scheme.lower(), host, port, path, tuple(addresses))
+
+
+def redirect_target(current: str, location: str | None, policy: FetchPolicy,
+                    resolver: Resolver = system_resolver) -> tuple[str, Target]:
+    """Where a redirect leads, checked like the first link."""
+    if not location:
+        raise URLRefused("the server redirected without saying where")
+    url = urljoin(current, location)
+    return url, check_url(url, policy, resolver)
+
+
+def fetch_bytes(url: str, policy: FetchPolicy = FetchPolicy(), resolver: Resolver = system_resolver) -> bytes:
+    """Download an image link under `policy`; every refusal is a URLRefused with a clear message."""
+    deadline = time.monotonic() + policy.deadline_s
+    if not _slots.acquire(timeout=policy.deadline_s):
+        raise URLRefused("too many image links are being fetched right now; try again shortly")
+    try:
+        target = check_url(url, policy, resolver)
+        for _ in range(policy.max_redirects + 1):
+            connection = _connect(target, policy, deadline)
+            try:
+                response = _get(connection, target, deadline)
+                if response.status in REDIRECTS:
+                    url, target = redirect_target(url, response.getheader("Location"), policy, resolver)
+                    continue
+                if response.status != 200:
+                    raise URLRefused(f"the server answered {response.status} {response.reason}".rstrip())
+                return _read_capped(connection, response, policy, deadline)
+            finally:
+                connection.close()
+        raise URLRefused(f"the link redirected more than {policy.max_redirects} times")
+    finally:
+        _slots.release()
+
+
+class _PinnedHTTP(http.client.HTTPConnection):
+    """Connects to a checked address while naming the host in the request (and in TLS)."""
+
+    def __init__(self, target: Target, address: Address, timeout: float) -> None:
+        super().__init__(target.host, target.port, timeout=timeout)
+        self.address = address
+
+    def connect(self) -> None:
+        self.sock = socket.create_connection((str(self.address), self.port), self.timeout)
+        self.pinned_sock = self.sock  # http.client drops self.sock once the response owns it
+
+    def set_timeout(self, seconds: float) -> None:
+        self.pinned_sock.settimeout(max(0.1, seconds))
+
+
+class _PinnedHTTPS(_PinnedHTTP):
+    context = ssl.create_default_context()
+
+    def connect(self) -> None:
+        super().connect()
+        self.sock = self.pinned_sock = self.context.wrap_socket(self.sock, server_hostname=self.host)
+
+
+def _connect(target: Target, policy: FetchPolicy, deadline: float) -> _PinnedHTTP:
+    kind = _PinnedHTTPS if target.scheme == "https" else _PinnedHTTP
+    failure: Exception | None = None
+    for address in target.addresses:
+        timeout = min(policy.connect_timeout_s, max(0.1, deadline - time.monotonic()))
+        connection = kind(target, address, timeout)
+        try:
+            connection.connect()
+            return connection
+        except (OSError, ssl.SSLError) as error:
+            connection.close()
+            failure = error
+    raise URLRefused(f"could not connect to {target.host}: {_why(failure)}")
+
+
+def _get(connection: _PinnedHTTP, target: Target, deadline: float) -> http.client.HTTPResponse:
+    try:
+        connection.set_timeout(deadline - time.monotonic())
+        connection.request("GET", target.path, headers={
+            "User-Agent": "captioner (image captioning)", "Accept": "image/*", "Accept-Encoding": "identity"})
+        return connection.getresponse()
+    except (OSError, http.client.HTTPException) as error:
+        raise URLRefused(f"{target.host} did not answer in time or broke off: {_why(error)}") from None
+
+
+def _read_capped(connection: _PinnedHTTP, response: http.client.HTTPResponse, policy: FetchPolicy,
+                 deadline: float) -> bytes:
+    limit = f"the image is larger than the {policy.max_bytes / 2**20:.0f} MB limit"
+    declared = response.getheader("Content-Length")
+    if declared and declared.isdigit() and int(declared) > policy.max_bytes:
+        raise URLRefused(limit)
+    chunks, size = [], 0
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise URLRefused(f"the download took longer than {policy.deadline_s:.0f} s and was stopped")
+        try:
+            connection.set_timeout(remaining)
+            chunk = response.read1(65536)  # at most one read: a trickle cannot stretch a call
+        except (OSError, http.client.HTTPException) as error:
+            if isinstance(error, TimeoutError) or time.monotonic() >= deadline:
+                raise URLRefused(f"the download took longer than {policy.deadline_s:.0f} s and was stopped") from None
+            raise URLRefused(f"the download broke off: {_why(error)}") from None
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > policy.max_bytes:
+            raise URLRefused(limit)
+        chunks.append(chunk)
+
+
+def _why(error: Exception | None) -> str:
+    return (getattr(error, "strerror", None) or str(error) or type(error).__name__) if error else "unknown"

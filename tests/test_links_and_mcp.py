@@ -1,0 +1,128 @@
+"""Image links through the app (gradio_client, the page's link box), the CLI, and the caption tools
+over MCP, against an image server of the test's own on 127.0.0.1 (links to it need
+allow_private_urls, which is how an intranet deployment would run)."""
+
+import asyncio
+import http.server
+import json
+import threading
+
+import pytest
+from gradio_client import handle_file
+
+from captioner.service import AppLimits
+from conftest import RunningApp, encode, photo, run_cli
+
+IMAGES = {"/cat.png": encode(photo(31)), "/dog.jpg": encode(photo(32), "JPEG"), "/page.png": b"<html>no</html>"}
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        body = IMAGES.get(self.path)
+        if body is None:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture(scope="module")
+def images_server():
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+@pytest.fixture(scope="module")
+def intranet_app(captioner, running_app):  # running_app first: it points `import app` at the tiny model
+    app = RunningApp(captioner, AppLimits(allow_private_urls=True))
+    yield app
+    app.close()
+
+
+def core(captioner, data):
+    from captioner import load_image
+
+    return captioner.caption([load_image(data)])[0][0].text
+
+
+def test_caption_endpoint_takes_an_image_link(intranet_app, captioner, images_server):
+    client = intranet_app.client()
+    answer = client.predict(handle_file(f"{images_server}/cat.png"), api_name="/caption")
+    assert answer == core(captioner, IMAGES["/cat.png"])
+    with pytest.raises(Exception, match="HTML"):
+        client.predict(handle_file(f"{images_server}/page.png"), api_name="/caption")
+    assert client.predict(handle_file(f"{images_server}/dog.jpg"), api_name="/caption") == core(captioner, IMAGES["/dog.jpg"])
+
+
+def test_a_public_app_refuses_a_private_link_and_keeps_serving(running_app, captioner, images_server, tmp_path):
+    client = running_app.client()
+    with pytest.raises(Exception, match="loopback address: links to it are refused"):
+        client.predict(handle_file(f"{images_server}/cat.png"), api_name="/caption")
+    with pytest.raises(Exception, match="link-local"):
+        client.predict("http://169.254.169.254/latest/meta-data/", api_name="/caption_image")  # never connected
+    photo(33).save(tmp_path / "ok.png")
+    assert client.predict(handle_file(str(tmp_path / "ok.png")), api_name="/caption") == core(captioner, tmp_path / "ok.png")
+
+
+def test_link_tools_through_the_api(intranet_app, captioner, images_server):
+    client = intranet_app.client()
+    assert client.predict(f"{images_server}/cat.png", api_name="/caption_image") == core(captioner, IMAGES["/cat.png"])
+    several = client.predict(f"{images_server}/cat.png", num_captions=2, api_name="/caption_image")
+    assert several.startswith("1. ") and "score" in several and len(several.splitlines()) == 2
+    many = client.predict([f"{images_server}/cat.png", f"{images_server}/missing.png", f"{images_server}/dog.jpg"],
+                          api_name="/caption_images")
+    assert many[0] == core(captioner, IMAGES["/cat.png"]) and many[2] == core(captioner, IMAGES["/dog.jpg"])
+    assert many[1].startswith("Could not caption this image:") and "404" in many[1]
+    with pytest.raises(Exception, match="num_beams must be an integer from 1 to 8"):
+        client.predict(f"{images_server}/cat.png", num_beams=99, api_name="/caption_image")
+
+
+def test_cli_captions_links_with_the_same_fetcher(tiny_checkpoint, captioner, images_server):
+    refused = run_cli("caption", "--json", "--model", str(tiny_checkpoint), f"{images_server}/cat.png")
+    assert refused.returncode == 1 and "loopback" in json.loads(refused.stdout)["error"]
+    allowed = run_cli("caption", "--json", "--model", str(tiny_checkpoint), "--allow-private-urls",
+                      f"{images_server}/cat.png", f"{images_server}/page.png")
+    rows = [json.loads(line) for line in allowed.stdout.splitlines()]
+    assert rows[0] == {"path": f"{images_server}/cat.png", "caption": core(captioner, IMAGES["/cat.png"])}
+    assert "HTML" in rows[1]["error"] and allowed.returncode == 1
+
+
+async def mcp_calls(url, image_url):
+    """List the tools and call caption_image once, as an agent's MCP client does."""
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamablehttp_client
+
+    async with streamablehttp_client(url) as (read, write, _):
+        async with ClientSession(read, write) as session:
+            await session.initialize()
+            tools = {tool.name: tool for tool in (await session.list_tools()).tools}
+            return tools, await session.call_tool("caption_image", {"image_url": image_url})
+
+
+def test_an_agent_captions_a_link_with_one_mcp_tool_call(intranet_app, captioner, images_server):
+    tools, result = asyncio.run(mcp_calls(f"{intranet_app.url}gradio_api/mcp/", f"{images_server}/cat.png"))
+    assert set(tools) == {"caption_image", "caption_images"}  # the page's handlers are not tools
+    tool = tools["caption_image"]
+    assert tool.description.startswith("Describe the image at a link in one English sentence.")
+    properties = tool.inputSchema["properties"]
+    assert list(properties)[:3] == ["image_url", "strategy", "max_length"]
+    assert all(properties[name].get("description") for name in properties), properties
+    assert "2 to 64" in properties["max_length"]["description"] and properties["max_length"]["default"] == 16
+    assert properties["strategy"].get("enum") == ["beam", "greedy", "sample"]
+    text = result.content[0].text
+    client = intranet_app.client()
+    assert text == client.predict(handle_file(f"{images_server}/cat.png"), api_name="/caption")
+
+
+def test_mcp_refuses_a_private_link_on_a_public_app(running_app):
+    # Refused by the address check before any connection: nothing is sent to 10.0.0.1.
+    _, bad = asyncio.run(mcp_calls(f"{running_app.url}gradio_api/mcp/", "http://10.0.0.1/x.png"))
+    assert bad.isError and "private address: links to it are refused" in bad.content[0].text
