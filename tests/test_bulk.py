@@ -360,11 +360,11 @@ def test_images_decode_ahead_of_the_model(captioner, folder, monkeypatch):
     fake = RecordingCaptioner(captioner)
     real_decode = bulk.decode
 
-    def slow_decode(item, model):
+    def slow_decode(item, model, *options):
         time.sleep(0.2)
         if fake.captioning.is_set():
             fake.decoded_while_captioning.set()
-        return real_decode(item, model)
+        return real_decode(item, model, *options)
 
     monkeypatch.setattr(bulk, "decode", slow_decode)
     paths = [folder / f"p{i}.jpg" for i in range(5)]
