@@ -68,6 +68,24 @@ def test_ray_resume_skips_what_is_done_and_several_captions_match(local_ray, tin
 
 
 @pytest.mark.slow
+def test_ray_parquet_dataset_equals_the_single_process_run(local_ray, tiny_checkpoint, tmp_path):
+    import pyarrow.parquet as pq
+
+    from test_bulk import dataset_file
+
+    source = tmp_path / "data"
+    source.mkdir()
+    dataset_file(source / "train-00000.parquet")  # row groups of 3, one corrupt image
+    dataset_file(source / "train-00001.parquet", count=4)
+    single, on_ray = tmp_path / "single.parquet", tmp_path / "ray.parquet"
+    common = ["caption", "--model", str(tiny_checkpoint), "--dataset", str(source), "--batch-size", "2"]
+    assert main([*common, "--output", str(single)]) == 1
+    assert main([*common, "--output", str(on_ray), "--ray", "--actors", "2"]) == 1
+    assert pq.read_table(on_ray).equals(pq.read_table(single))
+    assert pq.read_table(on_ray).num_rows == 11 and len(pq.read_table(on_ray).column("caption").drop_null()) == 9
+
+
+@pytest.mark.slow
 def test_cli_starts_its_own_local_ray(tiny_checkpoint, images, tmp_path):
     out = tmp_path / "sidecars"
     env = {**os.environ, "PYTHONPATH": SRC, "RAY_USAGE_STATS_ENABLED": "0"}

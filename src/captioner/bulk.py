@@ -33,7 +33,7 @@ class Item:
     """One image to caption. `key` names it in the output: the path as given, or a dataset row."""
 
     key: str
-    image: str | bytes  # what load_image reads
+    image: str | bytes  # what load_image reads (on Ray, a dataset row's parquet.RowRef)
     relative: str = ""  # the path below the inputs' common folder (sidecars, metadata file_name)
 
 
@@ -63,6 +63,9 @@ class Summary:
     failed: int = 0
     seconds: float = 0.0  # the captioning itself, from the first batch asked for to the last written
     startup_seconds: float = 0.0  # starting or joining Ray, before that
+    # Loading the model: before `seconds` in one process; on Ray, the actors load theirs once the
+    # run has begun, inside `seconds` (the quickest actor's load: no captioning before it).
+    model_load_seconds: float = 0.0
 
     def line(self) -> str:
         rate = self.captioned / self.seconds if self.seconds > 0 else 0.0

@@ -8,6 +8,7 @@ import itertools
 import json
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -61,8 +62,6 @@ def check_arguments(args: argparse.Namespace) -> None:
             raise CaptionError("--dataset takes no PATHs or --from-list: caption one or the other")
         if not args.output or args.output.suffix.lower() != ".parquet" or args.sidecar:
             raise CaptionError("--dataset writes the dataset's rows plus a caption column: give --output X.parquet")
-        if args.ray:
-            raise CaptionError("--ray takes PATHs and --from-list; run a --dataset without --ray")
     elif not args.paths and not args.from_list:
         raise CaptionError("give image files or folders, --from-list FILE or --dataset PATH")
     if args.output_dir and not args.sidecar:
@@ -105,7 +104,8 @@ def run_caption(args: argparse.Namespace) -> int:
         from .parquet import ParquetSource
 
         source = ParquetSource(args.dataset, args.image_column)
-        items: Iterable[Item] = source.items()
+        # On Ray the actors read the images; the driver sends where each row is.
+        items: Iterable[Item] = source.references() if args.ray else source.items()
         total = source.num_rows
     else:
         source = None
@@ -161,12 +161,20 @@ def _batches(args: argparse.Namespace, settings, pending, summary: Summary):
         return ray_batches(ray, list(pending), settings, model=args.model, dtype=args.dtype,
                            batch_size=args.batch_size, actors=args.actors,
                            threads_per_actor=args.threads_per_actor, prefix=args.prefix, suffix=args.suffix,
-                           allow_private_urls=args.allow_private_urls)
+                           allow_private_urls=args.allow_private_urls, image_column=args.image_column,
+                           loaded=lambda seconds: _quickest_load(summary, seconds))
     from .inference import Captioner
 
+    started = time.perf_counter()
     captioner = Captioner.from_pretrained(args.model, dtype=args.dtype)
+    summary.model_load_seconds = time.perf_counter() - started
     return caption_batches(captioner, pending, settings, batch_size=args.batch_size,
                            prefix=args.prefix, suffix=args.suffix, allow_private_urls=args.allow_private_urls)
+
+
+def _quickest_load(summary: Summary, seconds: float) -> None:
+    known = summary.model_load_seconds
+    summary.model_load_seconds = min(known, seconds) if known else seconds
 
 
 def _not_done(items: Iterable[Item], writers, summary: Summary) -> Iterator[Item]:

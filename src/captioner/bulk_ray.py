@@ -3,7 +3,9 @@
 The driver lists the images (and skips those already done, as the single-process path does);
 Ray Data spreads them over a fixed pool of actors, each of which loads the Captioner once and
 captions a batch at a time with the same `caption_chunk`; the results come back in input order
-and go to the same writers on the driver. Ray is optional: `pip install -r requirements-ray.txt`.
+and go to the same writers on the driver. A Parquet dataset's rows travel as (file, row)
+references, and the actors read the images themselves, so the driver never holds them.
+Ray is optional: `pip install -r requirements-ray.txt`.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from .bulk import Item, Result, caption_chunk, decode
 from .errors import CaptionError
+from .parquet import RowReader, RowRef
 from .settings import CaptionSettings
 
 log = logging.getLogger("captioner.bulk_ray")
@@ -64,7 +67,8 @@ class CaptionActor:
     """One per Ray actor: loads the Captioner once, then captions whatever batches it is sent."""
 
     def __init__(self, model: str | None, dtype: str, settings: CaptionSettings, threads: int,
-                 prefix: str, suffix: str, allow_private_urls: bool = False) -> None:
+                 prefix: str, suffix: str, allow_private_urls: bool = False, image_column: str = "image") -> None:
+        started = time.perf_counter()
         import torch
 
         from .inference import Captioner
@@ -73,19 +77,39 @@ class CaptionActor:
         self.captioner = Captioner.from_pretrained(model, dtype=dtype)
         self.settings, self.prefix, self.suffix = settings, prefix, suffix
         self.allow_private_urls = allow_private_urls
+        self.image_column = image_column
+        self.rows = None  # a RowReader, for a dataset's (file, row) references
+        self.load_seconds = time.perf_counter() - started
 
     def __call__(self, batch: dict) -> dict:
         import numpy as np
 
-        items = [Item(str(key), _as_image(image)) for key, image in zip(batch["key"], batch["image"])]
-        decoded = [decode(item, self.captioner, self.allow_private_urls) for item in items]
+        items, decoded = [], []
+        for key, image, file, row in zip(batch["key"], batch["image"], batch["file"], batch["row"]):
+            try:
+                item = Item(str(key), self._image(image, str(file), int(row)))
+                decoded.append(decode(item, self.captioner, self.allow_private_urls))
+            except (OSError, ValueError) as error:  # the Parquet file moved, or pyarrow cannot read it
+                item = Item(str(key), "")
+                decoded.append(CaptionError(f"cannot read row {row} of {file}: {error}"))
+            items.append(item)
         results = caption_chunk(self.captioner, items, decoded, self.settings, self.prefix, self.suffix)
         encoded = [json.dumps({"texts": r.texts, "scores": r.scores, "error": r.error}) for r in results]
-        return {"key": batch["key"], "result": np.array(encoded, dtype=object)}
+        return {"key": batch["key"], "result": np.array(encoded, dtype=object),
+                "load_seconds": np.full(len(encoded), self.load_seconds)}
+
+    def _image(self, image, file: str, row: int) -> str | bytes:
+        if row < 0:
+            return image if isinstance(image, (bytes, str)) else bytes(image)
+        self.rows = self.rows or RowReader(self.image_column)
+        return self.rows.image(RowRef(file, row))
 
 
-def _as_image(value) -> str | bytes:
-    return value if isinstance(value, (bytes, str)) else bytes(value)
+def _ray_row(item: Item) -> dict:
+    """Every row has the same columns: an image (path or link), or a dataset's file and row."""
+    if isinstance(item.image, RowRef):
+        return {"key": item.key, "image": "", "file": item.image.file, "row": item.image.row}
+    return {"key": item.key, "image": item.image, "file": "", "row": -1}
 
 
 def ray_batches(
@@ -101,9 +125,11 @@ def ray_batches(
     prefix: str = "",
     suffix: str = "",
     allow_private_urls: bool = False,
+    image_column: str = "image",
+    loaded: Callable[[float], None] = lambda seconds: None,
 ) -> Iterator[list[Result]]:
     """Yield result batches in input order, captioned by a pool of `actors` Ray actors
-    (`ray` as `start_ray` returns it)."""
+    (`ray` as `start_ray` returns it). `loaded` hears each batch's actor's model load seconds."""
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # one bar (the CLI's), not Ray's plan and logs
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # rows come back in input order, as the writers expect
@@ -112,11 +138,12 @@ def ray_batches(
     # Actors reserve less than a whole CPU when the cluster is small, so Ray's own tasks still find
     # one: on two cores, two actors at one CPU each leave nothing for the rest and wait for ever.
     per_actor = max(0.25, min(float(threads_per_actor), (cpus - 0.5) / actors))
-    dataset = ray.data.from_items([{"key": item.key, "image": item.image} for item in items])
+    dataset = ray.data.from_items([_ray_row(item) for item in items])
     captioned = dataset.map_batches(
         CaptionActor,
         fn_constructor_kwargs=dict(model=model, dtype=dtype, settings=settings, threads=threads_per_actor,
-                                   prefix=prefix, suffix=suffix, allow_private_urls=allow_private_urls),
+                                   prefix=prefix, suffix=suffix, allow_private_urls=allow_private_urls,
+                                   image_column=image_column),
         compute=ray.data.ActorPoolStrategy(size=actors),
         batch_size=batch_size,
         batch_format="numpy",
@@ -124,6 +151,7 @@ def ray_batches(
     )
     position = 0
     for batch in captioned.iter_batches(batch_size=batch_size, batch_format="numpy"):
+        loaded(float(batch["load_seconds"].min()))
         results = []
         for key, encoded in zip(batch["key"], batch["result"]):
             item = items[position]

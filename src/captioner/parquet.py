@@ -8,10 +8,11 @@ builds the Parquet file from it when every image is done. A killed run keeps the
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 from .bulk import Item, Result, SourceError
 from .exports import AppendFile, OutputError, read_jsonl_keys
@@ -67,10 +68,50 @@ class ParquetSource:
                     yield Item(str(index), _image_of(value, file.parent))
                     index += 1
 
+    def references(self) -> Iterator[Item]:
+        """Each row as a (file, row) reference, from the files' footers alone: for Ray, whose
+        actors read the images themselves (RowReader), so the driver never holds them."""
+        _, pq = _pyarrow()
+        index = 0
+        for file in self.files:
+            for row in range(pq.ParquetFile(file).metadata.num_rows):
+                yield Item(str(index), RowRef(str(file.absolute()), row))
+                index += 1
+
     def record_batches(self):
         _, pq = _pyarrow()
         for file in self.files:
             yield from pq.ParquetFile(file).iter_batches(batch_size=READ_ROWS)
+
+
+class RowRef(NamedTuple):
+    """Row `row` of the Parquet file `file`: where a Ray actor reads a dataset row's image."""
+
+    file: str
+    row: int
+
+
+class RowReader:
+    """Reads rows' images by position, a row group at a time, keeping the last group: a batch's
+    rows are neighbours, so a group is read once, not once per row."""
+
+    def __init__(self, column: str) -> None:
+        self.column = column
+        self._file: tuple[str, object, list[int]] | None = None  # path, ParquetFile, group starts
+        self._group: tuple[int, list] | None = None  # index, its image values
+
+    def image(self, ref: RowRef) -> str | bytes:
+        _, pq = _pyarrow()
+        if self._file is None or self._file[0] != ref.file:
+            handle = pq.ParquetFile(ref.file)
+            sizes = [handle.metadata.row_group(g).num_rows for g in range(handle.num_row_groups)]
+            self._file, self._group = (ref.file, handle, [sum(sizes[:g]) for g in range(len(sizes))]), None
+        _, handle, starts = self._file
+        group = bisect.bisect_right(starts, ref.row) - 1
+        if self._group is None or self._group[0] != group:
+            table = handle.read_row_group(group, columns=[self.column])
+            self._group = (group, table.column(0).to_pylist())
+        return _image_of(self._group[1][ref.row - starts[group]], Path(ref.file).parent)
 
 
 def _image_of(value, folder: Path) -> str | bytes:
