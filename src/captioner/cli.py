@@ -60,8 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings_arguments(caption)
     caption.set_defaults(handler=run_caption)
 
-    train = commands.add_parser("train", help="fine-tune on your own captions (imagefolder, COCO or Flickr)")
-    train.add_argument("--data", required=True, help="folder or file with images and captions (format detected)")
+    train = commands.add_parser("train", help="fine-tune on your own captions (imagefolder, COCO, Flickr, Parquet, Hub)")
+    train.add_argument("--data", required=True, help="folder or file with images and captions (format detected), "
+                                                     "or hf://datasets/NAME")
+    add_data_arguments(train)
     train.add_argument("--output", required=True, help="where the fine-tuned checkpoint is saved")
     train.add_argument("--model", help="checkpoint to start from (default: $CAPTIONER_MODEL, then the model card's)")
     train.add_argument("--encoder", help="with --decoder: a fresh model from two pretrained halves")
@@ -78,10 +80,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="train cross-attention first, then the decoder, then everything (thirds of the epochs)")
     train.add_argument("--seed", type=int, default=42)
     train.add_argument("--resume", action="store_true", help="go on from the last checkpoint in OUTPUT/checkpoints")
+    train.add_argument("--workers", type=int, default=default_workers(),
+                       help=f"data loader processes decoding images ahead (default here: {default_workers()})")
+    train.add_argument("--report-to", choices=("none", "tensorboard", "trackio"), default="none",
+                       help="also log the run for TensorBoard or Trackio (their package must be installed)")
     train.set_defaults(handler=run_train)
 
     evaluate = commands.add_parser("evaluate", help="BLEU-1..4, METEOR, ROUGE-L and CIDEr on a dataset")
-    evaluate.add_argument("--data", required=True)
+    evaluate.add_argument("--data", required=True, help="as train's --data")
+    add_data_arguments(evaluate)
     evaluate.add_argument("--model", help="Hub id or local checkpoint directory")
     evaluate.add_argument("--output", type=Path, default=Path("evaluation.csv"), help="per-image captions and references (CSV)")
     evaluate.add_argument("--json", action="store_true", help="print only the JSON line")
@@ -91,25 +98,54 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--image-column", default="image", help="Parquet / Hub: the image column (default image)")
+    parser.add_argument("--text-column", default="text", help="Parquet / Hub: the caption column (default text)")
+    parser.add_argument("--split", default="train", help="Hub datasets: the split (default train)")
+
+
+def default_workers() -> int:
+    """One data loader process per spare core of this process's share, at most 4."""
+    share = (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+    return max(0, min(4, share - 1))
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0  # torchrun and accelerate launch set RANK
+
+
 def run_train(args: argparse.Namespace) -> int:
     from .data import load_dataset
     from .training import TrainConfig, train
 
-    dataset = load_dataset(args.data)
-    print(dataset.report(), file=sys.stderr)
-    for row in dataset.skipped_rows:
-        print(f"  skipped {row}", file=sys.stderr)
+    dataset = load_dataset(args.data, args.image_column, args.text_column, args.split)
+    if is_main_process():
+        print(dataset.report(), file=sys.stderr)
+        for row in dataset.skipped_rows:
+            print(f"  skipped {row}", file=sys.stderr)
     config = TrainConfig(
         output=args.output, model=args.model, encoder=args.encoder, decoder=args.decoder,
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
         gradient_accumulation=args.gradient_accumulation, warmup_ratio=args.warmup_ratio,
         scheduler=args.scheduler, validation_share=args.validation_share,
         max_target_length=args.max_target_length, staged_unfreezing=args.staged_unfreezing,
-        seed=args.seed, resume=args.resume,
+        seed=args.seed, resume=args.resume, workers=args.workers, report_to=args.report_to,
     )
-    summary = train(config, dataset)
+    try:
+        summary = train(config, dataset)
+    except (ImportError, RuntimeError) as error:
+        if args.report_to == "none" or args.report_to not in str(error).lower():
+            raise
+        raise CaptionError(f"--report-to {args.report_to} needs its package: pip install {args.report_to}") from None
+    if not summary["main_process"]:
+        return 0  # one summary for the run, from the main process
+    if summary["skipped_images"]:
+        print(f"skipped {summary['skipped_images']} images that could not be decoded, e.g.:", file=sys.stderr)
+        for line in summary["first_skipped"]:
+            print(f"  {line}", file=sys.stderr)
     print(json.dumps(summary))
-    print(f"saved to {summary['output']}; caption with it: python app.py --model {summary['output']}", file=sys.stderr)
+    print(f"saved to {summary['output']}" + (f", curves in {summary['curves']}" if summary["curves"] else "")
+          + f"; caption with it: python app.py --model {summary['output']}", file=sys.stderr)
     return 0
 
 
@@ -120,11 +156,15 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate, format_table
     from .inference import Captioner
 
-    dataset = load_dataset(args.data)
+    dataset = load_dataset(args.data, args.image_column, args.text_column, args.split)
     print(dataset.report(), file=sys.stderr)
     captioner = Captioner.from_pretrained(args.model, dtype=args.dtype)
     with tqdm(total=len(dataset.images), unit="image", file=sys.stderr) as bar:
         result = evaluate(captioner, dataset, settings_from_arguments(args), args.output, progress=bar.update)
+    if result["skipped_images"]:
+        print(f"left out {result['skipped_images']} images that could not be decoded, e.g.:", file=sys.stderr)
+        for line in result["first_skipped"]:
+            print(f"  {line}", file=sys.stderr)
     if not args.json:
         print(format_table(result["metrics"]))
         print(f"{result['images']} images; tokenizer: {result['tokenizer']}; per-image captions: {args.output}")

@@ -7,6 +7,16 @@ Formats, detected from what `--data` holds:
   images are looked up next to the JSON, in its parent, and in their sub-folders (`train2017/`...).
 - Flickr8k / Flickr30k: a token file (`*.token.txt`, `*.token`) of `name.jpg#N<TAB>caption`
   lines; images next to it or in a sub-folder (`Images/`, `Flicker8k_Dataset/`, `flickr30k-images/`).
+- Parquet in the Hugging Face layout (a file, or a folder of them), or a Hub dataset
+  (`hf://datasets/NAME`): an image column of `{bytes, path}` structs or of paths, and a text
+  column; several rows of one image are several captions. Read with `datasets`, whose Arrow files
+  are memory-mapped: images stay on disk until a batch needs them.
+- VizWiz-Captions uses COCO's layout; its rejected and pre-canned captions are left out.
+- TextCaps: its JSON (`TextCaps_0.1_train.json`), a `data` list of one caption per entry;
+  images (`image_path` or `image_name`.jpg) looked up as for COCO (`train_images/`...).
+
+Images are not decoded here: a COCO-sized folder is ready in seconds. An image that fails to decode
+is skipped when training reaches it (training.py), and counted there.
 """
 
 from __future__ import annotations
@@ -17,9 +27,9 @@ import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from .errors import CaptionError, InvalidImage
-from .images import load_image
+from .errors import CaptionError
 
 
 class DatasetError(CaptionError):
@@ -27,8 +37,33 @@ class DatasetError(CaptionError):
 
 
 @dataclass(frozen=True)
+class TableImage:
+    """An image in a row of an Arrow table (Parquet or a Hub dataset), read only when needed.
+    Rows naming the same image (its `path`) are the same image, with several captions."""
+
+    name: str
+    row: int = field(compare=False)
+    table: Any = field(compare=False, repr=False)
+    column: str = field(compare=False, default="image")
+
+    def __str__(self) -> str:
+        return self.name
+
+    def load(self) -> bytes | str:
+        value = self.table[self.row][self.column]
+        if isinstance(value, dict):
+            return value.get("bytes") or value.get("path") or b""
+        return value or b""
+
+
+def image_input(image: Path | TableImage) -> Path | bytes | str:
+    """What load_image reads for an example's image."""
+    return image.load() if isinstance(image, TableImage) else image
+
+
+@dataclass(frozen=True)
 class Example:
-    image: Path
+    image: Path | TableImage
     caption: str
 
 
@@ -40,11 +75,11 @@ class CaptionDataset:
     skipped_rows: list[str] = field(default_factory=list)  # first few, for the report
 
     @property
-    def images(self) -> list[Path]:
+    def images(self) -> list[Path | TableImage]:
         return list(dict.fromkeys(e.image for e in self.examples))
 
-    def references(self) -> dict[Path, list[str]]:
-        grouped: dict[Path, list[str]] = {}
+    def references(self) -> dict[Path | TableImage, list[str]]:
+        grouped: dict[Path | TableImage, list[str]] = {}
         for example in self.examples:
             grouped.setdefault(example.image, []).append(example.caption)
         return grouped
@@ -69,26 +104,27 @@ class CaptionDataset:
         return CaptionDataset(train, self.format), CaptionDataset(validation, self.format)
 
 
-def load_dataset(data: str | Path) -> CaptionDataset:
-    """Read any supported layout; rows with a missing file, an unreadable image or an empty
-    caption are counted in `skipped` and left out."""
-    path = Path(data).expanduser()
-    if not path.exists():
-        raise DatasetError(f"--data '{data}' does not exist")
-    kind, rows = _detect(path)
+def load_dataset(data: str | Path, image_column: str = "image", text_column: str = "text",
+                 split: str = "train") -> CaptionDataset:
+    """Read any supported layout; rows with a missing file or an empty caption are counted in
+    `skipped` and left out. `hf://datasets/NAME` loads a Hub dataset's `split`."""
+    if str(data).startswith(HUB_PREFIX):
+        kind, rows = "hub", _table_rows(_hub_table(str(data)[len(HUB_PREFIX):], split), image_column,
+                                        text_column, str(data), Path.cwd())
+    else:
+        path = Path(data).expanduser()
+        if not path.exists():
+            raise DatasetError(f"--data '{data}' does not exist")
+        kind, rows = _detect(path, image_column, text_column)
     dataset = CaptionDataset([], kind)
-    checked: dict[Path, str | None] = {}
+    exists: dict[Path, bool] = {}
     for image, caption, where in rows:
         caption = (caption or "").strip()
         reason = None
         if not caption:
             reason = "empty caption"
-        elif image is None or not image.is_file():
+        elif image is None or (isinstance(image, Path) and not _exists(image, exists)):
             reason = "missing image file"
-        else:
-            if image not in checked:
-                checked[image] = _unreadable(image)
-            reason = checked[image]
         if reason:
             dataset.skipped[reason] += 1
             if len(dataset.skipped_rows) < 20:
@@ -100,18 +136,23 @@ def load_dataset(data: str | Path) -> CaptionDataset:
     return dataset
 
 
-def _unreadable(image: Path) -> str | None:
-    try:
-        load_image(image)
-    except InvalidImage:
-        return "unreadable image"
-    return None
+def _exists(image: Path, known: dict[Path, bool]) -> bool:
+    if image not in known:
+        known[image] = image.is_file()
+    return known[image]
 
 
-Row = tuple[Path | None, str, str]  # image, caption, where (for the report)
+Row = tuple[Path | TableImage | None, str, str]  # image, caption, where (for the report)
+HUB_PREFIX = "hf://datasets/"
 
 
-def _detect(path: Path) -> tuple[str, list[Row]]:
+def _detect(path: Path, image_column: str, text_column: str) -> tuple[str, list[Row]]:
+    parquet = [path] if path.suffix == ".parquet" else sorted(path.rglob("*.parquet")) if path.is_dir() else []
+    if parquet and not (path.is_dir() and (path / "metadata.jsonl").is_file()):
+        import datasets
+
+        table = datasets.load_dataset("parquet", data_files=[str(p) for p in parquet], split="train")
+        return "parquet", _table_rows(table, image_column, text_column, parquet[0].name, parquet[0].parent)
     if path.is_file():
         if path.suffix == ".json":
             return "coco", _coco(path)
@@ -119,18 +160,20 @@ def _detect(path: Path) -> tuple[str, list[Row]]:
             return "flickr", _flickr(path)
         if path.name in ("metadata.jsonl", "metadata.csv"):
             return "imagefolder", _imagefolder(path)
-        raise DatasetError(f"'{path}' is not a COCO captions JSON, a Flickr token file or a metadata file")
+        raise DatasetError(f"'{path}' is not a COCO or TextCaps JSON, a Flickr token file or a metadata file")
     for name in ("metadata.jsonl", "metadata.csv"):
         if (path / name).is_file():
             return "imagefolder", _imagefolder(path / name)
     coco = sorted(path.glob("captions_*.json")) + sorted(path.glob("annotations/captions_*.json"))
+    coco += sorted(path.glob("TextCaps_*.json"))
     if coco:
         return "coco", _coco(coco[0])
     tokens = sorted(p for p in path.glob("*.token*") if p.is_file())
     if tokens:
         return "flickr", _flickr(tokens[0])
     raise DatasetError(
-        f"'{path}' holds no metadata.jsonl / metadata.csv, captions_*.json or Flickr *.token.txt"
+        f"'{path}' holds no metadata.jsonl / metadata.csv, captions_*.json, TextCaps_*.json, "
+        "Flickr *.token.txt or *.parquet"
     )
 
 
@@ -162,15 +205,64 @@ def _folder_row(root: Path, record: dict, where: str) -> Row:
     return ((root / name) if name else None, str(text), where)
 
 
+def _hub_table(name: str, split: str):
+    import datasets
+
+    try:
+        return datasets.load_dataset(name, split=split)
+    except (FileNotFoundError, ValueError, ConnectionError) as error:
+        raise DatasetError(f"could not load the Hub dataset '{name}' (split {split}): {error}") from None
+
+
+def _table_rows(table, image_column: str, text_column: str, where: str, folder: Path) -> list[Row]:
+    """Rows of a `datasets.Dataset`: only the text and the images' names are read now."""
+    import datasets
+    import pyarrow.compute as pc
+
+    missing = [c for c in (image_column, text_column) if c not in table.column_names]
+    if missing:
+        raise DatasetError(f"{where} has no column '{missing[0]}' (it has: {', '.join(table.column_names)}); "
+                           "name the columns with --image-column and --text-column")
+    if isinstance(table.features[image_column], datasets.Image):
+        table = table.cast_column(image_column, datasets.Image(decode=False))
+    column = table.data.table.column(image_column)
+    texts = table.data.table.column(text_column).to_pylist()
+    if column.type == "string":  # paths, relative to the Parquet file's folder
+        return [((folder / name) if name else None, text, f"{where} row {i}")
+                for i, (name, text) in enumerate(zip(column.to_pylist(), texts))]
+    names = pc.struct_field(column, "path").to_pylist() if "path" in {f.name for f in column.type} else [None] * len(texts)
+    return [(TableImage(name or f"{where} row {i}", i, table, image_column), text, f"{where} row {i}")
+            for i, (name, text) in enumerate(zip(names, texts))]
+
+
 def _coco(annotations: Path) -> list[Row]:
     data = json.loads(annotations.read_text(encoding="utf-8"))
+    if isinstance(data.get("data"), list) and "annotations" not in data:
+        return _textcaps(annotations, data["data"])
     names = {image["id"]: image["file_name"] for image in data.get("images", [])}
     folders = _candidate_folders(annotations.parent)
     rows: list[Row] = []
+    found: dict[str, Path | None] = {}  # COCO has five captions an image: look each up once
     for annotation in data.get("annotations", []):
+        if annotation.get("is_rejected") or annotation.get("is_precanned"):
+            continue  # VizWiz-Captions: captions its annotators rejected or wrote from a template
         name = names.get(annotation.get("image_id"))
-        image = _find(folders, name) if name else None
+        if name and name not in found:
+            found[name] = _find(folders, name)
+        image = found.get(name) if name else None
         rows.append((image, annotation.get("caption") or "", f"{annotations.name} id {annotation.get('id')}"))
+    return rows
+
+
+def _textcaps(annotations: Path, entries: list) -> list[Row]:
+    folders = _candidate_folders(annotations.parent)
+    rows: list[Row] = []
+    for number, entry in enumerate(entries):
+        names = [str(entry[k]) for k in ("image_path", "image_name") if entry.get(k)]
+        names += [Path(names[0]).name] if names else []
+        names += [f"{entry['image_name']}.jpg"] if entry.get("image_name") else []
+        image = next(filter(None, (_find(folders, name) for name in names)), None)
+        rows.append((image, entry.get("caption_str") or "", f"{annotations.name} entry {number}"))
     return rows
 
 
@@ -194,8 +286,10 @@ def _candidate_folders(start: Path) -> list[Path]:
 
 
 def _find(folders: list[Path], name: str) -> Path | None:
-    for folder in folders:
+    for index, folder in enumerate(folders):
         candidate = folder / name
         if candidate.is_file():
+            # A dataset's images are nearly all in one folder: look there first next time.
+            folders.insert(0, folders.pop(index))
             return candidate
     return None

@@ -12,7 +12,10 @@ import re
 import shutil
 from pathlib import Path
 
-from .data import CaptionDataset
+from .data import CaptionDataset, DatasetError, image_input
+from .errors import InvalidImage
+from .exports import spreadsheet_safe
+from .images import load_image
 from .inference import Captioner
 from .settings import DEFAULT_SETTINGS, CaptionSettings
 
@@ -55,23 +58,38 @@ def score_captions(predictions: dict[str, str], references: dict[str, list[str]]
 
 def evaluate(captioner: Captioner, dataset: CaptionDataset, settings: CaptionSettings = DEFAULT_SETTINGS,
              csv_path: str | Path | None = None, batch: int = 64, progress=None) -> dict:
-    references = {str(image): captions for image, captions in dataset.references().items()}
-    images = list(references)
+    grouped = dataset.references()
+    sources = list(grouped)  # paths, or rows of a Parquet / Hub dataset
     predictions: dict[str, str] = {}
-    for start in range(0, len(images), batch):
-        chunk = images[start : start + batch]
-        for image, captions in zip(chunk, captioner.caption(chunk, settings)):
+    skipped: list[str] = []
+    for start in range(0, len(sources), batch):
+        names, decoded = [], []
+        for source in sources[start : start + batch]:
+            # Images are first decoded here, not when the dataset is read: one that fails is left
+            # out of the scores and named, as training skips it.
+            try:
+                decoded.append(load_image(image_input(source), captioner.image_limits))
+                names.append(str(source))
+            except InvalidImage as error:
+                skipped.append(f"{source}: {error}")
+        for image, captions in zip(names, captioner.caption(decoded, settings) if decoded else []):
             predictions[image] = captions[0].text
         if progress:
-            progress(len(chunk))
+            progress(len(sources[start : start + batch]))
+    references = {str(image): captions for image, captions in grouped.items() if str(image) in predictions}
+    images = list(references)
+    if not images:
+        raise DatasetError(f"none of the {len(sources)} images could be decoded, e.g. {skipped[0]}")
     metrics, tokenizer = score_captions(predictions, references)
     if csv_path:
         with Path(csv_path).open("w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
             writer.writerow(["image", "caption", "references"])
             for image in images:
-                writer.writerow([image, predictions[image], " | ".join(references[image])])
-    return {"images": len(images), "metrics": metrics, "tokenizer": tokenizer, "predictions": predictions}
+                row = [image, predictions[image], " | ".join(references[image])]
+                writer.writerow([spreadsheet_safe(cell) for cell in row])
+    return {"images": len(images), "skipped_images": len(skipped), "first_skipped": skipped[:5], "metrics": metrics, "tokenizer": tokenizer,
+            "predictions": predictions}
 
 
 def format_table(metrics: dict) -> str:

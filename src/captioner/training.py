@@ -1,18 +1,25 @@
 """Fine-tuning with transformers' Seq2SeqTrainer: data, collation, staged unfreezing, saving.
 
 The Trainer does the loop (schedule, accumulation, mixed precision, checkpoints, resume, seed,
-progress bar); this module only adapts captions to it.
+progress bar, and torch.distributed under torchrun or accelerate launch, where it shards the data);
+this module adapts captions to it. Under several processes only the main one reports, plots and
+saves.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .data import CaptionDataset
+from .data import CaptionDataset, image_input
+from .errors import InvalidImage
 from .images import load_image
 
 STAGES = ("cross-attention", "decoder", "all")
@@ -36,21 +43,39 @@ class TrainConfig:
     seed: int = 42
     resume: bool = False
     progress: bool = True
+    workers: int = 0  # data loader processes that decode images ahead of the model
+    report_to: str = "none"  # or tensorboard, trackio: passed to the Trainer
 
 
 class CaptionTrainingSet(torch.utils.data.Dataset):
-    def __init__(self, dataset: CaptionDataset, image_processor, tokenizer, max_target_length: int) -> None:
+    """Examples decoded when a batch needs them. An image that fails to decode is skipped: noted in
+    `skip_log` (one line each, appended by whichever process met it) and replaced by the next
+    example, so a batch never shrinks or empties."""
+
+    def __init__(self, dataset: CaptionDataset, image_processor, tokenizer, max_target_length: int,
+                 skip_log: Path | None = None) -> None:
         self.examples = dataset.examples
         self.image_processor = image_processor
         self.tokenizer = tokenizer
         self.max_target_length = max_target_length
+        self.skip_log = skip_log
 
     def __len__(self) -> int:
         return len(self.examples)
 
     def __getitem__(self, index: int) -> dict:
-        example = self.examples[index]
-        pixels = self.image_processor(images=[load_image(example.image)], return_tensors="pt").pixel_values[0]
+        for attempt in range(len(self.examples)):
+            example = self.examples[(index + attempt) % len(self.examples)]
+            try:
+                image = load_image(image_input(example.image))
+                break
+            except InvalidImage as error:
+                if self.skip_log is not None:
+                    with self.skip_log.open("a", encoding="utf-8") as log:
+                        log.write(json.dumps({"image": str(example.image), "error": str(error)}) + "\n")
+        else:
+            raise InvalidImage("no image in the training data could be decoded")
+        pixels = self.image_processor(images=[image], return_tensors="pt").pixel_values[0]
         # GPT-2 has no BOS in its text: the decoder starts from decoder_start_token_id, and the
         # caption ends with EOS so the model learns to stop.
         ids = self.tokenizer(example.caption, truncation=True, max_length=self.max_target_length - 1).input_ids
@@ -128,6 +153,13 @@ def train(config: TrainConfig, dataset: CaptionDataset) -> dict:
     train_part, validation_part = dataset.split(config.validation_share, config.seed)
     output = Path(config.output)
     use_cuda = torch.cuda.is_available()
+    main_process = int(os.environ.get("RANK", "0")) == 0  # torchrun / accelerate launch set RANK
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    skip_log = output / "skipped_images.jsonl"
+    if main_process and not config.resume:
+        output.mkdir(parents=True, exist_ok=True)
+        skip_log.unlink(missing_ok=True)
+    steps_per_epoch = math.ceil(len(train_part.examples) / (config.batch_size * config.gradient_accumulation * processes))
     arguments = Seq2SeqTrainingArguments(
         output_dir=str(output / "checkpoints"),
         num_train_epochs=config.epochs,
@@ -140,14 +172,16 @@ def train(config: TrainConfig, dataset: CaptionDataset) -> dict:
         eval_strategy="epoch" if validation_part.examples else "no",
         save_strategy="epoch",
         save_total_limit=2,
-        logging_strategy="epoch",
+        logging_strategy="steps",
+        logging_steps=max(1, steps_per_epoch // 10),  # about ten points of the loss curve an epoch
         seed=config.seed,
         fp16=use_cuda and not torch.cuda.is_bf16_supported(),
         bf16=use_cuda and torch.cuda.is_bf16_supported(),
         remove_unused_columns=False,
-        report_to="none",
+        report_to=config.report_to,
         disable_tqdm=not config.progress,
-        dataloader_num_workers=0,
+        dataloader_num_workers=config.workers,
+        dataloader_persistent_workers=config.workers > 0,
         use_cpu=not use_cuda,
     )
     history: list[dict] = []
@@ -163,8 +197,9 @@ def train(config: TrainConfig, dataset: CaptionDataset) -> dict:
                 metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50))
                 history.append({"epoch": round(state.epoch or 0, 2), "loss": metrics["eval_loss"],
                                 "perplexity": metrics["eval_perplexity"]})
-                print(f"epoch {state.epoch:.0f}: validation loss {metrics['eval_loss']:.3f}, "
-                      f"perplexity {metrics['eval_perplexity']:.2f}", flush=True)
+                if state.is_world_process_zero:
+                    print(f"epoch {state.epoch:.0f}: validation loss {metrics['eval_loss']:.3f}, "
+                          f"perplexity {metrics['eval_perplexity']:.2f}", flush=True)
 
     class AllParametersTrainer(Seq2SeqTrainer):
         """Staged unfreezing thaws parameters later: the optimizer must know them from the start
@@ -188,8 +223,8 @@ def train(config: TrainConfig, dataset: CaptionDataset) -> dict:
     trainer = AllParametersTrainer(
         model=model,
         args=arguments,
-        train_dataset=CaptionTrainingSet(train_part, image_processor, tokenizer, config.max_target_length),
-        eval_dataset=CaptionTrainingSet(validation_part, image_processor, tokenizer, config.max_target_length)
+        train_dataset=CaptionTrainingSet(train_part, image_processor, tokenizer, config.max_target_length, skip_log),
+        eval_dataset=CaptionTrainingSet(validation_part, image_processor, tokenizer, config.max_target_length, skip_log)
         if validation_part.examples else None,
         data_collator=collate,
         callbacks=[Stages()],
@@ -199,13 +234,38 @@ def train(config: TrainConfig, dataset: CaptionDataset) -> dict:
     resume = config.resume and any((output / "checkpoints").glob("checkpoint-*"))
     if config.resume and not resume:
         print(f"no checkpoint in {output / 'checkpoints'} yet: starting from the beginning", flush=True)
-    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    # The Trainer prints its log lines to stdout; they go to stderr, so stdout holds only the summary.
+    with contextlib.redirect_stdout(sys.stderr):
+        result = trainer.train(resume_from_checkpoint=True if resume else None)
     trainable_parts(model, "all")
-    trainer.save_model(str(output))
+    trainer.save_model(str(output))  # the Trainer saves from the main process only
+    summary = {
+        "train_examples": len(train_part.examples), "validation_examples": len(validation_part.examples),
+        "train_loss": result.training_loss, "validation": history, "output": str(output),
+        "main_process": trainer.is_world_process_zero(), "processes": processes,
+    }
+    if not trainer.is_world_process_zero():
+        return summary
     tokenizer.save_pretrained(output)
     image_processor.save_pretrained(output)
     model.generation_config.save_pretrained(output)
-    return {
-        "train_examples": len(train_part.examples), "validation_examples": len(validation_part.examples),
-        "train_loss": result.training_loss, "validation": history, "output": str(output),
-    }
+    skipped = _skipped_images(skip_log)
+    summary.update(skipped_images=len(skipped), first_skipped=skipped[:5])
+    try:
+        from .curves import plot
+
+        summary["curves"] = str(plot(trainer.state.log_history, output))
+    except ImportError:
+        summary["curves"] = None  # matplotlib is in requirements-train.txt
+    return summary
+
+
+def _skipped_images(skip_log: Path) -> list[str]:
+    """Each image that failed to decode, once, with why (processes and epochs met it again)."""
+    if not skip_log.exists():
+        return []
+    seen: dict[str, str] = {}
+    for line in skip_log.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        seen.setdefault(record["image"], f"{record['image']}: {record['error']}")
+    return list(seen.values())
