@@ -129,12 +129,7 @@ class Captioner:
             options["int8"], device = True, "cpu"
         _check_source(source)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        from transformers import (
-            AutoConfig,
-            AutoImageProcessor,
-            AutoTokenizer,
-            VisionEncoderDecoderModel,
-        )
+        from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, VisionEncoderDecoderModel
 
         try:
             config = AutoConfig.from_pretrained(source, revision=revision)
@@ -152,9 +147,7 @@ class Captioner:
             )
             tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
             # The PIL backend: torchvision is large and PyPI's build does not pair with ours.
-            image_processor = AutoImageProcessor.from_pretrained(
-                source, revision=revision, backend="pil"
-            )
+            image_processor = AutoImageProcessor.from_pretrained(source, revision=revision, backend="pil")
         except (OSError, ValueError, KeyError) as error:
             raise ModelLoadError(_load_failure_message(source, error)) from error
         return cls(model, tokenizer, image_processor, source=source, **options)
