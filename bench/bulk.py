@@ -144,6 +144,7 @@ def main() -> None:
         "captioner_images_per_s": direct,
         "cli_images_per_s": single["captioned"] / single["seconds"],
         "cli_wall_seconds": single["wall_seconds"],
+        "cli_model_load_seconds": single["model_load_seconds"],
         "cli_equal_to_captioner": captions_of(work / "single.jsonl") == expected,
     }
     report["cli_x_captioner"] = report["cli_images_per_s"] / direct
@@ -171,7 +172,8 @@ def main() -> None:
     print(f"{args.images} photos at {args.width}x{args.height}, {args.size} checkpoint, batches of {args.batch_size}")
     print(f"  Captioner.caption (decoded)   {direct:7.2f} images/s")
     print(f"  CLI, single process           {report['cli_images_per_s']:7.2f} images/s   {report['cli_x_captioner']:.2f}x "
-          f"Captioner.caption (target >= 0.90); captions equal: {report['cli_equal_to_captioner']}")
+          f"Captioner.caption (target >= 0.90); captions equal: {report['cli_equal_to_captioner']}; "
+          f"model load {report['cli_model_load_seconds']:.1f} s apart")
     if not args.no_ray:
         print(f"  CLI --ray, {args.actors} actors x 1 thread {report['ray_loaded_images_per_s']:7.2f} images/s   "
               f"{report['ray_loaded_x_cli']:.2f}x the CLI (target >= 0.80); captions equal: "
