@@ -6,9 +6,12 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
+import contextlib
+import http.server
 import io
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +55,21 @@ def encode(image: Image.Image, fmt: str = "PNG", **options) -> bytes:
 @pytest.fixture
 def photos():
     return [photo(seed) for seed in range(6)]
+
+
+@contextlib.contextmanager
+def serve_on_loopback(handler):
+    """An HTTP server on 127.0.0.1 in a thread; yields its base URL."""
+    class Server(http.server.ThreadingHTTPServer):
+        def handle_error(self, request, client_address):
+            pass  # clients that hang up early (size caps, deadlines) are what the tests make
+
+    httpd = Server(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
 
 
 def free_port() -> int:

@@ -108,6 +108,17 @@ def wait_for_lines(path: Path, count: int, process, timeout=120):
     raise AssertionError(f"fewer than {count} rows after {timeout} s")
 
 
+def kill_once_written(command: list[str], written: Path, rows: int) -> dict:
+    """Run the CLI in a session of its own, SIGKILL the whole group once `rows` rows are on disk;
+    returns the environment to resume it with."""
+    env = {**os.environ, "PYTHONPATH": SRC}
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    wait_for_lines(written, rows, process)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+    return env
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
 def test_sigkill_then_resume_gives_each_image_exactly_once(tiny_checkpoint, tmp_path, suffix):
@@ -119,11 +130,7 @@ def test_sigkill_then_resume_gives_each_image_exactly_once(tiny_checkpoint, tmp_
     written = out.with_name(out.name + ".partial.jsonl") if suffix == ".parquet" else out
     command = [sys.executable, "-m", "captioner", "caption", "--model", str(tiny_checkpoint), "--output", str(out),
                "--batch-size", "4", str(images)]
-    env = {**os.environ, "PYTHONPATH": SRC}
-    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    wait_for_lines(written, 60, process)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait(timeout=30)
+    env = kill_once_written(command, written, 60)
     before = written.read_bytes()
     complete = before[: before.rfind(b"\n") + 1]
     assert 60 <= complete.count(b"\n") < 300, "killed too late to test anything"
@@ -149,11 +156,7 @@ def test_ten_thousand_images_killed_mid_run_and_resumed(tiny_checkpoint, tmp_pat
     out = tmp_path / "captions.jsonl"
     command = [sys.executable, "-m", "captioner", "caption", "--model", str(tiny_checkpoint), "--output", str(out),
                "--batch-size", "32", str(images)]
-    env = {**os.environ, "PYTHONPATH": SRC}
-    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    wait_for_lines(out, 3000, process)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait(timeout=30)
+    env = kill_once_written(command, out, 3000)
     resumed = subprocess.run([*command, "--resume"], env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
     paths = [r["path"] for r in caption_rows(out)]

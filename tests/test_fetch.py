@@ -3,14 +3,13 @@ downloads from a server of the test's own on 127.0.0.1 (loopback only, with allo
 
 import http.server
 import ipaddress
-import threading
 import time
 
 import pytest
 
 from captioner import InvalidImage, load_image
 from captioner.fetch import FetchPolicy, URLRefused, address_refusal, check_url, fetch_bytes, redirect_target
-from conftest import encode, photo
+from conftest import encode, photo, serve_on_loopback
 
 PUBLIC = ["93.184.216.34", "8.8.8.8", "1.1.1.1", "2606:4700:4700::1111", "2001:4860:4860::8888"]
 REFUSED = {
@@ -155,10 +154,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def server():
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
+    with serve_on_loopback(Handler) as url:
+        yield url
 
 
 LOOPBACK = FetchPolicy(allow_private=True, max_bytes=20 * 1024 * 1024, deadline_s=3.0)

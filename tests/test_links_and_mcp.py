@@ -5,13 +5,12 @@ allow_private_urls, which is how an intranet deployment would run)."""
 import asyncio
 import http.server
 import json
-import threading
 
 import pytest
 from gradio_client import handle_file
 
 from captioner.service import AppLimits
-from conftest import RunningApp, encode, photo, run_cli
+from conftest import RunningApp, encode, photo, run_cli, serve_on_loopback
 
 IMAGES = {"/cat.png": encode(photo(31)), "/dog.jpg": encode(photo(32), "JPEG"), "/page.png": b"<html>no</html>"}
 
@@ -34,10 +33,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def images_server():
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
+    with serve_on_loopback(Handler) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
