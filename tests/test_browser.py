@@ -1,11 +1,13 @@
 """A person's path through the page, in headless Debian Chromium driven by Playwright."""
 
+import http.server
 import os
 import shutil
 
 import pytest
 
 from captioner.ui import example_photos
+from conftest import encode, photo, serve_on_loopback
 
 pytestmark = pytest.mark.browser
 
@@ -78,3 +80,48 @@ def test_many_images_tab(page, captioner, tmp_path):
     table_text = page.locator("#many-table").inner_text()
     assert all(os.path.basename(p) in table_text for p in photos)
     page.wait_for_selector("#many-csv a", timeout=30_000)
+
+
+class OnePhoto(http.server.BaseHTTPRequestHandler):
+    body = encode(photo(41))
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png")
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+
+def paste_link(page, url):
+    page.get_by_role("tab", name="Caption a photo").click()
+    page.locator("#image-link textarea, #image-link input").first.fill(url)
+    page.locator("#image-link textarea, #image-link input").first.press("Enter")
+
+
+def test_a_pasted_image_link_is_captioned_and_a_private_one_refused(page, running_app, captioner):
+    from captioner.ui import AppLimits
+    from conftest import RunningApp
+
+    with serve_on_loopback(OnePhoto) as server:
+        # The public app (the Space's settings) refuses a loopback link, says why, and goes on.
+        paste_link(page, f"{server}/cat.png")
+        toast = page.locator("[data-testid='toast-body']").filter(has_text="Could not use this image link")
+        toast.first.wait_for(timeout=30_000)
+        assert "loopback" in toast.first.inner_text() or "private" in toast.first.inner_text()
+        # An intranet app (--allow-private-urls) loads the same link into the photo box and captions it.
+        intranet = RunningApp(captioner, AppLimits(allow_private_urls=True))
+        try:
+            other = page.context.browser.new_page(viewport={"width": 1280, "height": 1100})
+            other.goto(intranet.url)
+            other.wait_for_selector("#caption-button", timeout=60_000)
+            paste_link(other, f"{server}/cat.png")
+            other.wait_for_selector("#photo img", timeout=30_000)
+            other.click("#caption-button")
+            assert caption_in_box(other) == captioner.caption([photo(41)])[0][0].text
+            other.close()
+        finally:
+            intranet.close()
