@@ -152,3 +152,13 @@ def test_two_processes_train_one_model_with_one_summary(launcher, tiny_checkpoin
     assert summary["train_examples"] + summary["validation_examples"] == 17  # 16 rows + a second caption
     model = Captioner.from_pretrained(output)
     assert model.caption([photo(2, size=(32, 32))])[0][0].text is not None
+
+
+def test_report_to_without_its_package_is_one_line_with_exit_2(tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # not installed, whatever this machine has
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)
+    source = write_parquet(tmp_path / "train.parquet")
+    code = main(["train", "--data", str(source), "--output", str(tmp_path / "out"), "--model", str(tiny_checkpoint),
+                 "--epochs", "1", "--report-to", "tensorboard", "--workers", "0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1] == "error: --report-to tensorboard needs its package: pip install tensorboard"
