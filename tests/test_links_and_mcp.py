@@ -123,3 +123,15 @@ def test_mcp_refuses_a_private_link_on_a_public_app(running_app):
     # Refused by the address check before any connection: nothing is sent to 10.0.0.1.
     _, bad = asyncio.run(mcp_calls(f"{running_app.url}gradio_api/mcp/", "http://10.0.0.1/x.png"))
     assert bad.isError and "private address: links to it are refused" in bad.content[0].text
+
+
+def test_the_mcp_schema_marks_only_the_two_tools_as_tools(running_app):
+    import httpx
+
+    schema = httpx.get(f"{running_app.url}gradio_api/mcp/schema", timeout=30).json()
+    kinds = {entry["name"]: entry["meta"]["mcp_type"] for entry in schema}
+    assert {name for name, kind in kinds.items() if kind == "tool"} == {"caption_image", "caption_images"}
+    # gradio's API page lists the page's endpoints too: their descriptions are for people.
+    descriptions = {entry["name"]: entry["description"] for entry in schema}
+    assert descriptions["caption"].startswith("Caption an uploaded photo with the given settings")
+    assert not any("queued request" in text for text in descriptions.values())

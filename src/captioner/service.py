@@ -120,10 +120,10 @@ class CaptionService:
         return self.image_input.preprocess(self.image_input.data_model.model_validate(payload))
 
     def caption(self, image, *settings_lists) -> list[list[str]]:
-        """The queue's batched handler (API name /caption; parameters named after the settings).
-
-        Each argument is a list with one value per queued request; returns one list of captions.
-        """
+        """Caption an uploaded photo with the given settings (the page's Caption button): the caption,
+        or several, best first, with their scores. Agents holding a link use caption_image."""
+        # The queue's batched handler: each argument is a list with one value per queued request,
+        # and it returns one list of captions (API parameters are named after the settings).
         self.batch_sizes[len(image)] += 1
         # Validation already refused bad requests; anything that still fails here (a file purged
         # meanwhile) fails only its own request, never its batch-mates.
@@ -186,7 +186,8 @@ class CaptionService:
             return load_image(source, self.image_limits)
 
     def caption_many(self, files: list[str] | None, *setting_values: Any):
-        """The many-images tab: a table of file name + caption, and CSV / JSONL downloads."""
+        """Caption several uploaded photos (the many-images tab): a table of file name and caption,
+        with CSV and JSON-lines downloads. Agents holding links use caption_images."""
         try:
             settings = settings_from_widgets(*setting_values)
             if not files:
