@@ -45,6 +45,10 @@ from captioner.checkpoints import save_random_checkpoint  # noqa: E402
 from paths import SETTINGS, build_checkpoint  # noqa: E402
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "RAY_USAGE_STATS_ENABLED": "0"}
+# Ray's head probes the cloud metadata address (169.254.169.254, metadata.google.internal) even with
+# usage stats off: a benchmark on loopback sends that to a closed loopback port instead.
+ENV.update({name: "http://127.0.0.1:9" for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")})
+ENV.update(NO_PROXY="127.0.0.1,localhost,::1", no_proxy="127.0.0.1,localhost,::1")
 
 
 def build_photos(directory: Path, count: int, size: tuple[int, int]) -> list[Path]:

@@ -5,6 +5,13 @@ import os
 # huggingface_hub reads this at import time: no test may reach for the network.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# Tests talk to 127.0.0.1 and ::1 only. Libraries that reach out on their own (Ray's head probes
+# the cloud metadata address 169.254.169.254 and metadata.google.internal even with usage stats
+# off) go through a proxy that is a closed loopback port, so they fail at once; this process and
+# every process it starts (Ray's, torchrun's, the CLI's) inherit it. Loopback itself is direct.
+for _name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+    os.environ[_name] = "http://127.0.0.1:9"
+os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost,::1"
 
 import contextlib
 import http.server
