@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -129,13 +130,23 @@ LAUNCHERS = {
 }
 
 
+@pytest.fixture(scope="module")
+def numeric_names(tmp_path_factory):
+    """A preload that keeps torch's peer naming off the DNS server (numeric_names.c says why)."""
+    library = tmp_path_factory.mktemp("preload") / "numeric_names.so"
+    source = Path(__file__).with_name("numeric_names.c")
+    subprocess.run(["cc", "-shared", "-fPIC", "-O2", "-o", str(library), str(source), "-ldl"], check=True)
+    return str(library)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", LAUNCHERS)
-def test_two_processes_train_one_model_with_one_summary(launcher, tiny_checkpoint, tmp_path):
+def test_two_processes_train_one_model_with_one_summary(launcher, tiny_checkpoint, numeric_names, tmp_path):
     source = write_parquet(tmp_path / "train.parquet", count=16, corrupt=(5,))
     output = tmp_path / "tuned"
     # gloo on CPU; every address on loopback (GLOO_SOCKET_IFNAME, the rendezvous on 127.0.0.1).
-    env = {**os.environ, "PYTHONPATH": SRC, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": SRC, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1",
+           "LD_PRELOAD": numeric_names}
     port = str(free_port())
     command = [sys.executable, *(a.format(port=port) for a in LAUNCHERS[launcher]), "-m", "captioner", "train",
                "--data", str(source), "--output", str(output), "--model", str(tiny_checkpoint), "--epochs", "2",
