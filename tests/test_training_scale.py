@@ -173,3 +173,14 @@ def test_report_to_without_its_package_is_one_line_with_exit_2(tiny_checkpoint, 
                  "--epochs", "1", "--report-to", "tensorboard", "--workers", "0"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err[-1] == "error: --report-to tensorboard needs its package: pip install tensorboard"
+
+
+def test_a_parquet_image_given_by_path_only_is_found_beside_the_parquet_file(tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    data.mkdir()
+    photo(1).save(data / "img.png")
+    pq.write_table(pa.table({"image": [{"bytes": None, "path": "img.png"}], "text": ["a photo"]}),
+                   data / "train.parquet")
+    monkeypatch.chdir(tmp_path)  # not the Parquet file's folder
+    image = load_dataset(data).examples[0].image
+    assert image.load() == str(data / "img.png")

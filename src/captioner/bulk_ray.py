@@ -77,8 +77,7 @@ class CaptionActor:
         self.captioner = Captioner.from_pretrained(model, dtype=dtype)
         self.settings, self.prefix, self.suffix = settings, prefix, suffix
         self.allow_private_urls = allow_private_urls
-        self.image_column = image_column
-        self.rows = None  # a RowReader, for a dataset's (file, row) references
+        self.rows = RowReader(image_column)  # for a dataset's (file, row) references
         self.load_seconds = time.perf_counter() - started
 
     def __call__(self, batch: dict) -> dict:
@@ -101,7 +100,6 @@ class CaptionActor:
     def _image(self, image, file: str, row: int) -> str | bytes:
         if row < 0:
             return image if isinstance(image, (bytes, str)) else bytes(image)
-        self.rows = self.rows or RowReader(self.image_column)
         return self.rows.image(RowRef(file, row))
 
 

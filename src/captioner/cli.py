@@ -110,13 +110,9 @@ def default_workers() -> int:
     return max(0, min(4, share - 1))
 
 
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0  # torchrun and accelerate launch set RANK
-
-
 def run_train(args: argparse.Namespace) -> int:
     from .data import load_dataset
-    from .training import TrainConfig, train
+    from .training import TrainConfig, is_main_process, train
 
     dataset = load_dataset(args.data, args.image_column, args.text_column, args.split)
     if is_main_process():

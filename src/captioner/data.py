@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CaptionError
+from .images import image_cell
 
 
 class DatasetError(CaptionError):
@@ -45,15 +46,13 @@ class TableImage:
     row: int = field(compare=False)
     table: Any = field(compare=False, repr=False)
     column: str = field(compare=False, default="image")
+    folder: Path = field(compare=False, default=Path("."))  # what a relative `path` is relative to
 
     def __str__(self) -> str:
         return self.name
 
     def load(self) -> bytes | str:
-        value = self.table[self.row][self.column]
-        if isinstance(value, dict):
-            return value.get("bytes") or value.get("path") or b""
-        return value or b""
+        return image_cell(self.table[self.row][self.column], self.folder)
 
 
 def image_input(image: Path | TableImage) -> Path | bytes | str:
@@ -231,7 +230,7 @@ def _table_rows(table, image_column: str, text_column: str, where: str, folder: 
         return [((folder / name) if name else None, text, f"{where} row {i}")
                 for i, (name, text) in enumerate(zip(column.to_pylist(), texts))]
     names = pc.struct_field(column, "path").to_pylist() if "path" in {f.name for f in column.type} else [None] * len(texts)
-    return [(TableImage(name or f"{where} row {i}", i, table, image_column), text, f"{where} row {i}")
+    return [(TableImage(name or f"{where} row {i}", i, table, image_column, folder), text, f"{where} row {i}")
             for i, (name, text) in enumerate(zip(names, texts))]
 
 

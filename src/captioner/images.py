@@ -47,6 +47,21 @@ class ImageLimits:
 DEFAULT_LIMITS = ImageLimits()
 
 
+def image_cell(value, folder: Path) -> str | bytes:
+    """What load_image reads for a dataset's image cell (Hugging Face layout): a `{bytes, path}`
+    struct, raw bytes, or a path, relative paths resolved against `folder` (the Parquet file's)."""
+    if isinstance(value, dict):
+        if value.get("bytes"):
+            return value["bytes"]
+        value = value.get("path")
+    if isinstance(value, bytes):
+        return value
+    if not value:
+        return b""  # load_image: "the file is empty"
+    path = Path(value)
+    return str(path if path.is_absolute() else folder / path)
+
+
 def load_image(source: ImageInput, limits: ImageLimits = DEFAULT_LIMITS) -> Image.Image:
     """Decode and normalise one image.
 

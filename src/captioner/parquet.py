@@ -16,6 +16,7 @@ from typing import Iterator, NamedTuple, Sequence
 
 from .bulk import Item, Result, SourceError
 from .exports import AppendFile, OutputError, read_jsonl_keys
+from .images import image_cell
 from .outputs import refuse_existing
 
 READ_ROWS = 256  # rows read at once: a batch of images' bytes, not the dataset
@@ -65,7 +66,7 @@ class ParquetSource:
         for file in self.files:
             for batch in pq.ParquetFile(file).iter_batches(batch_size=READ_ROWS, columns=[self.image_column]):
                 for value in batch.column(0).to_pylist():
-                    yield Item(str(index), _image_of(value, file.parent))
+                    yield Item(str(index), image_cell(value, file.parent))
                     index += 1
 
     def references(self) -> Iterator[Item]:
@@ -111,20 +112,7 @@ class RowReader:
         if self._group is None or self._group[0] != group:
             table = handle.read_row_group(group, columns=[self.column])
             self._group = (group, table.column(0).to_pylist())
-        return _image_of(self._group[1][ref.row - starts[group]], Path(ref.file).parent)
-
-
-def _image_of(value, folder: Path) -> str | bytes:
-    if isinstance(value, dict):
-        if value.get("bytes"):
-            return value["bytes"]
-        value = value.get("path")
-    if isinstance(value, bytes):
-        return value
-    if not value:
-        return b""  # load_image: "the file is empty"
-    path = Path(value)
-    return str(path if path.is_absolute() else folder / path)
+        return image_cell(self._group[1][ref.row - starts[group]], Path(ref.file).parent)
 
 
 class ParquetOutput:

@@ -140,6 +140,10 @@ def trainable_parts(model, stage: str) -> None:
             parameter.requires_grad = "crossattention" in name or "ln_cross_attn" in name
 
 
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0  # torchrun and accelerate launch set RANK
+
+
 def stage_for_epoch(epoch: float, epochs: float) -> str:
     return STAGES[min(int(3 * epoch / max(epochs, 1e-9)), 2)]
 
@@ -153,10 +157,9 @@ def train(config: TrainConfig, dataset: CaptionDataset) -> dict:
     train_part, validation_part = dataset.split(config.validation_share, config.seed)
     output = Path(config.output)
     use_cuda = torch.cuda.is_available()
-    main_process = int(os.environ.get("RANK", "0")) == 0  # torchrun / accelerate launch set RANK
     processes = int(os.environ.get("WORLD_SIZE", "1"))
     skip_log = output / "skipped_images.jsonl"
-    if main_process and not config.resume:
+    if is_main_process() and not config.resume:
         output.mkdir(parents=True, exist_ok=True)
         skip_log.unlink(missing_ok=True)
     steps_per_epoch = math.ceil(len(train_part.examples) / (config.batch_size * config.gradient_accumulation * processes))
