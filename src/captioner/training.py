@@ -247,19 +247,23 @@ def train(config: TrainConfig, dataset: CaptionDataset) -> dict:
         "train_loss": result.training_loss, "validation": history, "output": str(output),
         "main_process": trainer.is_world_process_zero(), "processes": processes,
     }
-    if not trainer.is_world_process_zero():
-        return summary
-    tokenizer.save_pretrained(output)
-    image_processor.save_pretrained(output)
-    model.generation_config.save_pretrained(output)
-    skipped = _skipped_images(skip_log)
-    summary.update(skipped_images=len(skipped), first_skipped=skipped[:5])
-    try:
-        from .curves import plot
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(output)
+        image_processor.save_pretrained(output)
+        model.generation_config.save_pretrained(output)
+        skipped = _skipped_images(skip_log)
+        summary.update(skipped_images=len(skipped), first_skipped=skipped[:5])
+        try:
+            from .curves import plot
 
-        summary["curves"] = str(plot(trainer.state.log_history, output))
-    except ImportError:
-        summary["curves"] = None  # matplotlib is in requirements-train.txt
+            summary["curves"] = str(plot(trainer.state.log_history, output))
+        except ImportError:
+            summary["curves"] = None  # matplotlib is in requirements-train.txt
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # The processes leave together and close the process group: one that exits while another is
+        # still saving can abort in gloo's teardown ("terminate called without an active exception").
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
     return summary
 
 
