@@ -19,6 +19,22 @@ from captioner.memory import tune_malloc  # noqa: E402
 
 tune_malloc()  # before torch and gradio start threads: keeps a long-running server's RSS flat
 
+from captioner.arguments import MAX_FILE_MB, MAX_MEGAPIXELS, Parser, from_env, integer, model_source, port  # noqa: E402
+
+
+def _check_gradio_environment() -> None:
+    """gradio reads GRADIO_SERVER_PORT while it is imported: a bad value gets our one line, not its traceback."""
+    value = os.environ.get("GRADIO_SERVER_PORT")
+    try:
+        if value:
+            port(value)
+    except argparse.ArgumentTypeError as error:
+        print(f"app.py: error: GRADIO_SERVER_PORT {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+_check_gradio_environment()
+
 from captioner import Captioner, CaptionError  # noqa: E402
 from captioner.cli import PRECISION_HELP  # noqa: E402
 from captioner.inference import PRECISIONS  # noqa: E402
@@ -26,20 +42,30 @@ from captioner.ui import AppLimits, build_demo  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Image captioning demo")
-    parser.add_argument("--model", default=os.environ.get("CAPTIONER_MODEL"),
+    """Every flag (and the environment variable behind it) is checked here: a mistake is one line
+    naming it, and exit 2, before the model loads."""
+    parser = Parser(prog="app.py", description="Image captioning demo")
+    parser.add_argument("--model", type=model_source, default=from_env("CAPTIONER_MODEL", None),
                         help="Hub id or local checkpoint directory (default: $CAPTIONER_MODEL, then the model card's)")
-    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
-    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    parser.add_argument("--host", default=from_env("GRADIO_SERVER_NAME", "127.0.0.1"))
+    parser.add_argument("--port", type=port, default=from_env("GRADIO_SERVER_PORT", 7860),
+                        help=f"{port.allowed} (default 7860, or $GRADIO_SERVER_PORT)")
     parser.add_argument("--share", action="store_true", help="ask Gradio for a temporary public link")
-    parser.add_argument("--dtype", default=os.environ.get("CAPTIONER_DTYPE", "float32"),
-                        choices=PRECISIONS, help=PRECISION_HELP)
-    parser.add_argument("--max-batch-size", type=int, default=int(os.environ.get("CAPTIONER_MAX_BATCH_SIZE", AppLimits.max_batch_size)))
-    parser.add_argument("--queue-size", type=int, default=int(os.environ.get("CAPTIONER_QUEUE_SIZE", AppLimits.queue_size)))
-    parser.add_argument("--max-images", type=int, default=int(os.environ.get("CAPTIONER_MAX_IMAGES", AppLimits.max_images_per_request)))
-    parser.add_argument("--max-file-mb", type=int, default=int(os.environ.get("CAPTIONER_MAX_FILE_MB", AppLimits.max_file_mb)))
-    parser.add_argument("--max-megapixels", type=int, default=int(os.environ.get("CAPTIONER_MAX_MEGAPIXELS", AppLimits.max_megapixels)),
-                        help="images that decode to more pixels are refused (decompression bombs)")
+    parser.add_argument("--dtype", default=from_env("CAPTIONER_DTYPE", "float32"), choices=PRECISIONS, help=PRECISION_HELP)
+    limit = AppLimits()
+    for flag, variable, kind, default, help_text in (
+        ("--max-batch-size", "CAPTIONER_MAX_BATCH_SIZE", integer(1, 256), limit.max_batch_size, "images per model call"),
+        ("--queue-size", "CAPTIONER_QUEUE_SIZE", integer(1, 100_000), limit.queue_size,
+         "waiting requests; more are answered 'busy' at once"),
+        ("--max-images", "CAPTIONER_MAX_IMAGES", integer(1, 10_000), limit.max_images_per_request,
+         "images in one request (the many-images tab, caption_images)"),
+        ("--max-file-mb", "CAPTIONER_MAX_FILE_MB", integer(*MAX_FILE_MB), limit.max_file_mb,
+         "uploads and downloaded links"),
+        ("--max-megapixels", "CAPTIONER_MAX_MEGAPIXELS", integer(*MAX_MEGAPIXELS), limit.max_megapixels,
+         "images that decode to more pixels are refused (decompression bombs)"),
+    ):
+        parser.add_argument(flag, type=kind, default=from_env(variable, default),
+                            help=f"{help_text}: {kind.allowed} (default {default}, or ${variable})")
     parser.add_argument("--allow-private-urls", action="store_true",
                         default=os.environ.get("CAPTIONER_ALLOW_PRIVATE_URLS") == "1",
                         help="fetch image links to loopback and private addresses too (intranets; refused by default)")

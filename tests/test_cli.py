@@ -57,7 +57,12 @@ def test_output_files_and_several_captions(tiny_checkpoint, folder, tmp_path, ca
 
 def test_settings_flags_are_validated(tiny_checkpoint, folder, capsys):
     assert main(["caption", "--model", str(tiny_checkpoint), "--num-beams", "1000", str(folder / "a.jpg")]) == 2
-    assert "num_beams must be an integer from 1 to 8" in capsys.readouterr().err
+    assert capsys.readouterr().err == ("python -m captioner caption: error: argument --num-beams: must be an integer "
+                                       "from 1 to 8; got 1000 (see --help)\n")
+    # Settings that are each in range but not together are refused before the model loads, too.
+    assert main(["caption", "--model", str(tiny_checkpoint), "--num-beams", "2", "--num-captions", "3",
+                 str(folder / "a.jpg")]) == 2
+    assert capsys.readouterr().err == "error: num_captions (3) cannot exceed num_beams (2) with beam search\n"
 
 
 def test_flags_change_the_caption(tiny_checkpoint, folder, capsys):

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from .arguments import integer, text
 from .bulk import Item, Summary, caption_batches, file_items, read_path_list, run
 from .errors import CaptionError
 from .outputs import SIDECAR_POLICIES, MetadataOutput, Printer, RowsOutput, Sidecars
@@ -24,8 +25,8 @@ def add_bulk_arguments(parser: argparse.ArgumentParser) -> None:
     inputs = parser.add_argument_group("inputs (besides PATHs)")
     inputs.add_argument("--from-list", metavar="FILE", help="a text file of image paths or folders, one per line")
     inputs.add_argument("--dataset", metavar="PATH", help="a Parquet file or folder (Hugging Face layout); needs --output X.parquet")
-    inputs.add_argument("--image-column", default="image", help="the dataset's image column (default image)")
-    inputs.add_argument("--caption-column", default="caption", help="the column added to the dataset (default caption)")
+    inputs.add_argument("--image-column", type=text, default="image", help="the dataset's image column (default image)")
+    inputs.add_argument("--caption-column", type=text, default="caption", help="the column added to the dataset (default caption)")
     inputs.add_argument("--allow-private-urls", action="store_true",
                         help="fetch image links to private and loopback addresses too (intranets; refused by default)")
     out = parser.add_argument_group("outputs (rows go to standard output when neither --output nor --sidecar is given)")
@@ -39,22 +40,19 @@ def add_bulk_arguments(parser: argparse.ArgumentParser) -> None:
                      help="an image whose caption file exists: skip it (default; the file is untouched), "
                           "overwrite, append or prepend")
     out.add_argument("--output-dir", type=Path, help="with --sidecar: write caption files here, mirroring the tree")
-    out.add_argument("--prefix", default="", help="joined before every caption exactly as given (e.g. a trigger word)")
-    out.add_argument("--suffix", default="", help="joined after every caption exactly as given")
+    out.add_argument("--prefix", type=text, default="", help="joined before every caption exactly as given (e.g. a trigger word)")
+    out.add_argument("--suffix", type=text, default="", help="joined after every caption exactly as given")
     out.add_argument("--json", action="store_true", help="print JSON lines (and the summary as JSON)")
-    out.add_argument("--batch-size", type=int, default=BATCH, help=f"images per model call (default {BATCH})")
+    out.add_argument("--batch-size", type=integer(1, 256), default=BATCH, help=f"images per model call, 1 to 256 (default {BATCH})")
     ray = parser.add_argument_group("Ray Data (pip install -r requirements-ray.txt)")
     ray.add_argument("--ray", action="store_true", help="caption on Ray Data: a local Ray, or the cluster at --ray-address")
     ray.add_argument("--ray-address", help="a running cluster to join (default: $RAY_ADDRESS, else a local Ray)")
-    ray.add_argument("--actors", type=int, default=2, help="actors, each with its own model (default 2)")
-    ray.add_argument("--threads-per-actor", type=int, default=1, help="torch threads per actor (default 1)")
+    ray.add_argument("--actors", type=integer(1, 1024), default=2, help="actors, each with its own model (default 2)")
+    ray.add_argument("--threads-per-actor", type=integer(1, 256), default=1, help="torch threads per actor (default 1)")
 
 
 def check_arguments(args: argparse.Namespace) -> None:
-    if not 1 <= args.batch_size <= 256:
-        raise CaptionError(f"--batch-size must be from 1 to 256; got {args.batch_size}")
-    if args.ray and (args.actors < 1 or args.threads_per_actor < 1):
-        raise CaptionError("--actors and --threads-per-actor must be at least 1")
+    """The flags that only make sense together; the CLI calls this before anything loads."""
     if args.output and args.output.suffix.lower() not in OUTPUT_SUFFIXES:
         raise CaptionError(f"--output must end in .jsonl, .csv or .parquet; got {args.output.name}")
     if args.dataset:
@@ -87,7 +85,8 @@ def make_writers(args: argparse.Namespace, source):
         else:
             writers.append(RowsOutput(args.output))
     if args.sidecar:
-        writers.append(Sidecars(args.sidecar, args.existing, args.output_dir))
+        # First: a caption file that cannot be written turns into that image's error row below.
+        writers.insert(0, Sidecars(args.sidecar, args.existing, args.output_dir))
     if not writers:
         writers.append(Printer(args.json))
     return writers
@@ -96,10 +95,10 @@ def make_writers(args: argparse.Namespace, source):
 def run_caption(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .cli import settings_from_arguments
+    from .cli import image_limits_from_arguments, settings_from_arguments
 
     settings = settings_from_arguments(args)
-    check_arguments(args)
+    limits = image_limits_from_arguments(args)
     if args.dataset:
         from .parquet import ParquetSource
 
@@ -126,7 +125,7 @@ def run_caption(args: argparse.Namespace) -> int:
         if isinstance(items, list):
             pending = list(pending)  # the count is known before the bar starts
         skipped = summary.skipped if isinstance(items, list) else sum(len(getattr(w, "keys", ())) for w in writers)
-        batches = _batches(args, settings, pending, summary)  # loads the model first, outside the bar's clock
+        batches = _batches(args, settings, limits, pending, summary)  # loads the model first, outside the bar's clock
         with tqdm(total=total, initial=skipped, unit="image", file=sys.stderr, disable=total < 2) as bar:
             def progress(results):
                 bar.update(len(results))
@@ -148,7 +147,7 @@ def run_caption(args: argparse.Namespace) -> int:
     return 1 if summary.failed else 0
 
 
-def _batches(args: argparse.Namespace, settings, pending, summary: Summary):
+def _batches(args: argparse.Namespace, settings, limits, pending, summary: Summary):
     pending = iter(pending)
     first = next(pending, None)
     if first is None:
@@ -162,11 +161,12 @@ def _batches(args: argparse.Namespace, settings, pending, summary: Summary):
                            batch_size=args.batch_size, actors=args.actors,
                            threads_per_actor=args.threads_per_actor, prefix=args.prefix, suffix=args.suffix,
                            allow_private_urls=args.allow_private_urls, image_column=args.image_column,
+                           image_limits=limits,
                            loaded=lambda seconds: _quickest_load(summary, seconds))
     from .inference import Captioner
 
     started = time.perf_counter()
-    captioner = Captioner.from_pretrained(args.model, dtype=args.dtype)
+    captioner = Captioner.from_pretrained(args.model, dtype=args.dtype, image_limits=limits)
     summary.model_load_seconds = time.perf_counter() - started
     return caption_batches(captioner, pending, settings, batch_size=args.batch_size,
                            prefix=args.prefix, suffix=args.suffix, allow_private_urls=args.allow_private_urls)

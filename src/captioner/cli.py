@@ -3,31 +3,50 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 from pathlib import Path
 from typing import Sequence
 
-from .bulk_cli import add_bulk_arguments, run_caption
-from .errors import CaptionError
-from .settings import BOUNDS, DEFAULT_SETTINGS, STRATEGIES, CaptionSettings
+from .arguments import MAX_FILE_MB, MAX_MEGAPIXELS, Parser, integer, model_source, number, output_file, output_folder, setting
+from .bulk_cli import add_bulk_arguments, check_arguments, run_caption
+from .errors import CaptionError, require
+from .images import DEFAULT_LIMITS
+from .settings import DEFAULT_SETTINGS, STRATEGIES, CaptionSettings
+
+# transformers' SchedulerType values (a test keeps this list equal to the installed transformers'):
+# listed here so that a typo is refused before transformers is even imported.
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+              "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
+              "warmup_stable_decay", "greedy")
+MODEL_HELP = "Hub id or local checkpoint directory (default: $CAPTIONER_MODEL, then the model card's)"
 
 
 def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per CaptionSettings field, named after it (--num-beams, --max-length, ...)."""
     group = parser.add_argument_group("generation settings (defaults: the model card's call)")
     group.add_argument("--strategy", choices=STRATEGIES, default=DEFAULT_SETTINGS.strategy)
-    for name, kind in [
-        ("max_length", int), ("num_beams", int), ("temperature", float), ("top_k", int),
-        ("top_p", float), ("repetition_penalty", float), ("no_repeat_ngram_size", int),
-        ("num_captions", int), ("seed", int),
-    ]:
-        low, high = BOUNDS[name]
-        group.add_argument(
-            "--" + name.replace("_", "-"), type=kind, default=getattr(DEFAULT_SETTINGS, name),
-            help=f"{low:g}..{high:g} (default {getattr(DEFAULT_SETTINGS, name)})",
-        )
+    for name in ("max_length", "num_beams", "temperature", "top_k", "top_p", "repetition_penalty",
+                 "no_repeat_ngram_size", "num_captions", "seed"):
+        kind = setting(name)
+        group.add_argument("--" + name.replace("_", "-"), type=kind, default=getattr(DEFAULT_SETTINGS, name),
+                           help=f"{kind.allowed} (default {getattr(DEFAULT_SETTINGS, name)})")
+
+
+def add_image_limit_arguments(parser: argparse.ArgumentParser) -> None:
+    """The app's image limits, for the files and links a command reads."""
+    parser.add_argument("--max-file-mb", type=integer(*MAX_FILE_MB), default=DEFAULT_LIMITS.max_file_bytes // 2**20,
+                        help="larger image files and downloads are refused (default %(default)s)")
+    parser.add_argument("--max-megapixels", type=integer(*MAX_MEGAPIXELS),
+                        default=DEFAULT_LIMITS.max_pixels // 1_000_000,
+                        help="images that decode to more pixels are refused, as decompression bombs (default %(default)s)")
+
+
+def image_limits_from_arguments(args: argparse.Namespace):
+    return dataclasses.replace(DEFAULT_LIMITS, max_file_bytes=args.max_file_mb * 2**20,
+                               max_pixels=args.max_megapixels * 1_000_000)
 
 
 def add_precision_argument(parser: argparse.ArgumentParser) -> None:
@@ -49,53 +68,67 @@ def settings_from_arguments(args: argparse.Namespace) -> CaptionSettings:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m captioner", description=__doc__)
+    parser = Parser(prog="python -m captioner", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     caption = commands.add_parser("caption", help="caption images, folders, lists of paths or a Parquet dataset")
     caption.add_argument("paths", nargs="*", metavar="PATH", help="image files or folders (searched recursively)")
-    caption.add_argument("--model", help="Hub id or local checkpoint directory (default: $CAPTIONER_MODEL, then the model card's)")
+    caption.add_argument("--model", type=model_source, help=MODEL_HELP)
     add_bulk_arguments(caption)
+    add_image_limit_arguments(caption)
     add_precision_argument(caption)
     add_settings_arguments(caption)
-    caption.set_defaults(handler=run_caption)
+    caption.set_defaults(handler=run_caption, check=check_arguments)
 
     train = commands.add_parser("train", help="fine-tune on your own captions (imagefolder, COCO, Flickr, Parquet, Hub)")
     train.add_argument("--data", required=True, help="folder or file with images and captions (format detected), "
                                                      "or hf://datasets/NAME")
     add_data_arguments(train)
-    train.add_argument("--output", required=True, help="where the fine-tuned checkpoint is saved")
-    train.add_argument("--model", help="checkpoint to start from (default: $CAPTIONER_MODEL, then the model card's)")
-    train.add_argument("--encoder", help="with --decoder: a fresh model from two pretrained halves")
-    train.add_argument("--decoder")
-    train.add_argument("--epochs", type=float, default=3)
-    train.add_argument("--batch-size", type=int, default=8)
-    train.add_argument("--learning-rate", type=float, default=5e-5)
-    train.add_argument("--gradient-accumulation", type=int, default=1)
-    train.add_argument("--warmup-ratio", type=float, default=0.05)
-    train.add_argument("--scheduler", default="linear", help="transformers' lr_scheduler_type (linear, cosine, constant...)")
-    train.add_argument("--validation-share", type=float, default=0.1, help="share of images held out for validation")
-    train.add_argument("--max-target-length", type=int, default=32, help="caption tokens kept, EOS included")
+    train.add_argument("--output", required=True, type=output_folder, help="where the fine-tuned checkpoint is saved")
+    train.add_argument("--model", type=model_source, help="checkpoint to start from (default: $CAPTIONER_MODEL, then the model card's)")
+    train.add_argument("--encoder", type=model_source, help="with --decoder: a fresh model from two pretrained halves")
+    train.add_argument("--decoder", type=model_source)
+    train.add_argument("--epochs", type=number(0, 1000, low_open=True), default=3, help="%(type)s (default 3)")
+    train.add_argument("--batch-size", type=integer(1, 4096), default=8, help="%(type)s (default 8)")
+    train.add_argument("--learning-rate", type=number(0, 1, low_open=True), default=5e-5, help="%(type)s (default 5e-5)")
+    train.add_argument("--gradient-accumulation", type=integer(1, 1024), default=1, help="%(type)s (default 1)")
+    train.add_argument("--warmup-ratio", type=number(0, 1, high_open=True), default=0.05,
+                       help="share of the steps spent warming up: %(type)s (default 0.05)")
+    train.add_argument("--scheduler", default="linear", choices=SCHEDULERS, metavar="NAME",
+                       help="transformers' lr_scheduler_type: " + ", ".join(SCHEDULERS) + " (default linear)")
+    train.add_argument("--validation-share", type=number(0, 1, high_open=True), default=0.1,
+                       help="share of images held out for validation: %(type)s (default 0.1)")
+    train.add_argument("--max-target-length", type=integer(2, 1024), default=32,
+                       help="caption tokens kept, EOS included: %(type)s (default 32)")
     train.add_argument("--staged-unfreezing", action="store_true",
                        help="train cross-attention first, then the decoder, then everything (thirds of the epochs)")
-    train.add_argument("--seed", type=int, default=42)
+    train.add_argument("--seed", type=integer(0, 2**32 - 1), default=42)
     train.add_argument("--resume", action="store_true", help="go on from the last checkpoint in OUTPUT/checkpoints")
-    train.add_argument("--workers", type=int, default=default_workers(),
+    train.add_argument("--workers", type=integer(0, 64), default=default_workers(),
                        help=f"data loader processes decoding images ahead (default here: {default_workers()})")
     train.add_argument("--report-to", choices=("none", "tensorboard", "trackio"), default="none",
                        help="also log the run for TensorBoard or Trackio (their package must be installed)")
-    train.set_defaults(handler=run_train)
+    train.set_defaults(handler=run_train, check=check_train)
 
     evaluate = commands.add_parser("evaluate", help="BLEU-1..4, METEOR, ROUGE-L and CIDEr on a dataset")
     evaluate.add_argument("--data", required=True, help="as train's --data")
     add_data_arguments(evaluate)
-    evaluate.add_argument("--model", help="Hub id or local checkpoint directory")
-    evaluate.add_argument("--output", type=Path, default=Path("evaluation.csv"), help="per-image captions and references (CSV)")
+    evaluate.add_argument("--model", type=model_source, help=MODEL_HELP)
+    evaluate.add_argument("--output", type=output_file, default=Path("evaluation.csv"),
+                          help="per-image captions and references (CSV)")
     evaluate.add_argument("--json", action="store_true", help="print only the JSON line")
+    add_image_limit_arguments(evaluate)
     add_precision_argument(evaluate)
     add_settings_arguments(evaluate)
     evaluate.set_defaults(handler=run_evaluate)
     return parser
+
+
+def check_train(args: argparse.Namespace) -> None:
+    if bool(args.encoder) != bool(args.decoder):
+        raise CaptionError("--encoder and --decoder go together: give both (a fresh model from two halves) or neither")
+    if args.encoder and args.model:
+        raise CaptionError("--model starts from a captioning checkpoint, --encoder/--decoder from two halves: give one")
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -152,11 +185,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate, format_table
     from .inference import Captioner
 
+    settings = settings_from_arguments(args)
+    require("pycocoevalcap", "evaluate's metrics", "requirements.txt")
     dataset = load_dataset(args.data, args.image_column, args.text_column, args.split)
     print(dataset.report(), file=sys.stderr)
-    captioner = Captioner.from_pretrained(args.model, dtype=args.dtype)
+    captioner = Captioner.from_pretrained(args.model, dtype=args.dtype, image_limits=image_limits_from_arguments(args))
     with tqdm(total=len(dataset.images), unit="image", file=sys.stderr) as bar:
-        result = evaluate(captioner, dataset, settings_from_arguments(args), args.output, progress=bar.update)
+        result = evaluate(captioner, dataset, settings, args.output, progress=bar.update)
     if result["skipped_images"]:
         print(f"left out {result['skipped_images']} images that could not be decoded, e.g.:", file=sys.stderr)
         for line in result["first_skipped"]:
@@ -179,9 +214,14 @@ def quiet_libraries() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    quiet_libraries()
     try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # a usage error (one line on stderr, exit 2), or --help
+        return int(done.code or 0)
+    try:
+        if getattr(args, "check", None):
+            args.check(args)  # flags that only make sense together, before anything loads
+        quiet_libraries()
         return args.handler(args)
     except CaptionError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -29,3 +29,19 @@ class ModelLoadError(CaptionError):
 
 class RequestTooLarge(CaptionError):
     """A request asks for more work than the configured limits allow."""
+
+
+class MissingPackage(CaptionError):
+    """An optional package a feature needs is not installed; the message names what brings it."""
+
+
+def require(module: str, feature: str, requirements: str) -> None:
+    """Raise MissingPackage unless `module` can be imported (checked without importing it)."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise MissingPackage(f"{feature} needs the {module} package: pip install -r {requirements}")

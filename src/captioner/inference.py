@@ -10,10 +10,8 @@ import collections
 import contextlib
 import logging
 import os
-import re
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
@@ -22,14 +20,12 @@ from PIL import Image
 from .errors import ModelLoadError, RequestTooLarge
 from .images import DEFAULT_LIMITS, ImageInput, ImageLimits, load_image
 from .memory import release_free_memory
+from .model_source import DEFAULT_MODEL, MODEL_ENV_VAR, check_source, load_failure_message, resolve_source  # noqa: F401 - DEFAULT_MODEL is public here
 from .model_thread import on_model_thread
 from .settings import DEFAULT_SETTINGS, CaptionSettings
 from .speedups import SpeedupReport, generation_scope, speed_up
 
-DEFAULT_MODEL = "nlpconnect/vit-gpt2-image-captioning"
-MODEL_ENV_VAR = "CAPTIONER_MODEL"
 log = logging.getLogger("captioner.inference")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # "int8" loads fp32 weights and quantizes the linear layers (CPU, opt-in fast mode, not exact).
 PRECISIONS = (*DTYPES, "int8")
@@ -120,14 +116,14 @@ class Captioner:
 
         `source` defaults to $CAPTIONER_MODEL, then to the model card's checkpoint.
         """
-        source = str(source or os.environ.get(MODEL_ENV_VAR) or DEFAULT_MODEL)
+        source = resolve_source(source)
         if dtype not in PRECISIONS:
             raise ModelLoadError(f"dtype must be one of {', '.join(PRECISIONS)}; got {dtype!r}")
         if dtype == "int8":
             if device not in (None, "cpu"):
                 raise ModelLoadError("dtype int8 (dynamic quantization) runs on the CPU only")
             options["int8"], device = True, "cpu"
-        _check_source(source)
+        check_source(source)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, VisionEncoderDecoderModel
 
@@ -149,7 +145,7 @@ class Captioner:
             # The PIL backend: torchvision is large and PyPI's build does not pair with ours.
             image_processor = AutoImageProcessor.from_pretrained(source, revision=revision, backend="pil")
         except (OSError, ValueError, KeyError) as error:
-            raise ModelLoadError(_load_failure_message(source, error)) from error
+            raise ModelLoadError(load_failure_message(source, error)) from error
         return cls(model, tokenizer, image_processor, source=source, **options)
 
     def caption(
@@ -272,28 +268,3 @@ def _chunks(items: list[int], size: int) -> list[list[int]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def _check_source(source: str) -> None:
-    path = Path(source).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise ModelLoadError(f"'{source}' is a file; --model / {MODEL_ENV_VAR} takes a checkpoint directory or a Hub id")
-        if not (path / "config.json").is_file():
-            raise ModelLoadError(
-                f"'{source}' is not a saved captioning checkpoint (it has no config.json). "
-                f"Point --model / {MODEL_ENV_VAR} at a directory written by save_pretrained."
-            )
-    elif not _HUB_ID.match(source):
-        raise ModelLoadError(
-            f"model directory '{source}' does not exist. Point --model / {MODEL_ENV_VAR} at a "
-            "checkpoint directory or a Hub id."
-        )
-
-
-def _load_failure_message(source: str, error: Exception) -> str:
-    if Path(source).expanduser().is_dir():
-        return f"could not load the checkpoint in '{source}': {error}"
-    return (
-        f"could not load model '{source}' from the Hugging Face Hub (no network, or not cached). "
-        f"Download it once where there is a network, or copy a saved checkpoint here, and set "
-        f"{MODEL_ENV_VAR} (or --model) to its local directory."
-    )

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from .data import CaptionDataset, image_input
-from .errors import InvalidImage
+from .errors import InvalidImage, ModelLoadError
 from .images import load_image
 
 STAGES = ("cross-attention", "decoder", "all")
@@ -95,26 +95,35 @@ def load_model_for_training(config: TrainConfig):
     """A checkpoint (`--model`), or a fresh model from two pretrained halves (`--encoder --decoder`)."""
     from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, VisionEncoderDecoderModel
 
+    from .model_source import check_source, load_failure_message, resolve_source
+
     if config.encoder or config.decoder:
         if not (config.encoder and config.decoder):
-            raise ValueError("--encoder and --decoder go together")
-        # transformers 5.23 reads `decoder_config.is_decoder`, which GPT2Config no longer has, and
-        # fails on a plain GPT-2; a config that already asks for cross-attention skips that check.
-        decoder_config = AutoConfig.from_pretrained(config.decoder)
-        decoder_config.is_decoder = True
-        decoder_config.add_cross_attention = True
-        model = VisionEncoderDecoderModel.from_encoder_decoder_pretrained(
-            config.encoder, config.decoder, decoder_config=decoder_config
-        )
-        tokenizer = AutoTokenizer.from_pretrained(config.decoder)
-        image_processor = AutoImageProcessor.from_pretrained(config.encoder, backend="pil")
+            raise ModelLoadError("--encoder and --decoder go together")
+        sources = [config.encoder, config.decoder]
     else:
-        from .inference import DEFAULT_MODEL
-
-        source = config.model or DEFAULT_MODEL
-        model = VisionEncoderDecoderModel.from_pretrained(source)
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        image_processor = AutoImageProcessor.from_pretrained(source, backend="pil")
+        sources = [resolve_source(config.model)]  # --model, else $CAPTIONER_MODEL, as everywhere else
+    for source in sources:
+        check_source(source)
+    try:
+        if config.encoder:
+            # transformers 5.23 reads `decoder_config.is_decoder`, which GPT2Config no longer has, and
+            # fails on a plain GPT-2; a config that already asks for cross-attention skips that check.
+            decoder_config = AutoConfig.from_pretrained(config.decoder)
+            decoder_config.is_decoder = True
+            decoder_config.add_cross_attention = True
+            model = VisionEncoderDecoderModel.from_encoder_decoder_pretrained(
+                config.encoder, config.decoder, decoder_config=decoder_config
+            )
+            tokenizer = AutoTokenizer.from_pretrained(config.decoder)
+            image_processor = AutoImageProcessor.from_pretrained(config.encoder, backend="pil")
+        else:
+            model = VisionEncoderDecoderModel.from_pretrained(sources[0])
+            tokenizer = AutoTokenizer.from_pretrained(sources[0])
+            image_processor = AutoImageProcessor.from_pretrained(sources[0], backend="pil")
+    except (OSError, ValueError, KeyError) as error:
+        failed = next((s for s in sources if s in str(error)), sources[0])
+        raise ModelLoadError(load_failure_message(failed, error)) from error
     eos = tokenizer.eos_token_id
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
