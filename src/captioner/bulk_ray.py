@@ -19,6 +19,7 @@ from typing import Callable, Iterator, Sequence
 
 from .bulk import Item, Result, caption_chunk, decode
 from .errors import CaptionError
+from .images import DEFAULT_LIMITS, ImageLimits
 from .parquet import RowReader, RowRef
 from .settings import CaptionSettings
 
@@ -67,14 +68,15 @@ class CaptionActor:
     """One per Ray actor: loads the Captioner once, then captions whatever batches it is sent."""
 
     def __init__(self, model: str | None, dtype: str, settings: CaptionSettings, threads: int,
-                 prefix: str, suffix: str, allow_private_urls: bool = False, image_column: str = "image") -> None:
+                 prefix: str, suffix: str, allow_private_urls: bool = False, image_column: str = "image",
+                 image_limits: ImageLimits = DEFAULT_LIMITS) -> None:
         started = time.perf_counter()
         import torch
 
         from .inference import Captioner
 
         torch.set_num_threads(threads)  # actors on one machine must not fight over its cores
-        self.captioner = Captioner.from_pretrained(model, dtype=dtype)
+        self.captioner = Captioner.from_pretrained(model, dtype=dtype, image_limits=image_limits)
         self.settings, self.prefix, self.suffix = settings, prefix, suffix
         self.allow_private_urls = allow_private_urls
         self.rows = RowReader(image_column)  # for a dataset's (file, row) references
@@ -85,12 +87,14 @@ class CaptionActor:
 
         items, decoded = [], []
         for key, image, file, row in zip(batch["key"], batch["image"], batch["file"], batch["row"]):
+            file = os.fsdecode(bytes(file))
             try:
-                item = Item(str(key), self._image(image, str(file), int(row)))
+                item = Item(str(key), self._image(image, file, int(row)))
                 decoded.append(decode(item, self.captioner, self.allow_private_urls))
             except (OSError, ValueError) as error:  # the Parquet file moved, or pyarrow cannot read it
+                log.info("cannot read row %s of %s: %s", row, file, error)
                 item = Item(str(key), "")
-                decoded.append(CaptionError(f"cannot read row {row} of {file}: {error}"))
+                decoded.append(CaptionError(f"cannot read row {row} of {Path(file).name}"))
             items.append(item)
         results = caption_chunk(self.captioner, items, decoded, self.settings, self.prefix, self.suffix)
         encoded = [json.dumps({"texts": r.texts, "scores": r.scores, "error": r.error}) for r in results]
@@ -99,15 +103,16 @@ class CaptionActor:
 
     def _image(self, image, file: str, row: int) -> str | bytes:
         if row < 0:
-            return image if isinstance(image, (bytes, str)) else bytes(image)
+            return os.fsdecode(bytes(image))
         return self.rows.image(RowRef(file, row))
 
 
-def _ray_row(item: Item) -> dict:
-    """Every row has the same columns: an image (path or link), or a dataset's file and row."""
+def _ray_row(position: int, item: Item) -> dict:
+    """Every row has the same columns: an image (path or link), or a dataset's file and row. Paths
+    travel as bytes: Arrow strings must be UTF-8, and a file name need not be."""
     if isinstance(item.image, RowRef):
-        return {"key": item.key, "image": "", "file": item.image.file, "row": item.image.row}
-    return {"key": item.key, "image": item.image, "file": "", "row": -1}
+        return {"key": str(position), "image": b"", "file": os.fsencode(item.image.file), "row": item.image.row}
+    return {"key": str(position), "image": os.fsencode(item.image), "file": b"", "row": -1}
 
 
 def ray_batches(
@@ -124,6 +129,7 @@ def ray_batches(
     suffix: str = "",
     allow_private_urls: bool = False,
     image_column: str = "image",
+    image_limits: ImageLimits = DEFAULT_LIMITS,
     loaded: Callable[[float], None] = lambda seconds: None,
 ) -> Iterator[list[Result]]:
     """Yield result batches in input order, captioned by a pool of `actors` Ray actors
@@ -136,12 +142,12 @@ def ray_batches(
     # Actors reserve less than a whole CPU when the cluster is small, so Ray's own tasks still find
     # one: on two cores, two actors at one CPU each leave nothing for the rest and wait for ever.
     per_actor = max(0.25, min(float(threads_per_actor), (cpus - 0.5) / actors))
-    dataset = ray.data.from_items([_ray_row(item) for item in items])
+    dataset = ray.data.from_items([_ray_row(position, item) for position, item in enumerate(items)])
     captioned = dataset.map_batches(
         CaptionActor,
         fn_constructor_kwargs=dict(model=model, dtype=dtype, settings=settings, threads=threads_per_actor,
                                    prefix=prefix, suffix=suffix, allow_private_urls=allow_private_urls,
-                                   image_column=image_column),
+                                   image_column=image_column, image_limits=image_limits),
         compute=ray.data.ActorPoolStrategy(size=actors),
         batch_size=batch_size,
         batch_format="numpy",
@@ -154,8 +160,8 @@ def ray_batches(
         for key, encoded in zip(batch["key"], batch["result"]):
             item = items[position]
             position += 1
-            if str(key) != item.key:
-                raise RuntimeError(f"Ray returned {key} where {item.key} was expected")
+            if str(key) != str(position - 1):
+                raise RuntimeError(f"Ray returned row {key} where {position - 1} was expected")
             data = json.loads(encoded)
             results.append(Result(item, data["texts"], data["scores"], data["error"]))
         yield results

@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import os
+import re
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -25,6 +26,42 @@ CSV_COLUMNS = ("path", "caption", "error")
 
 class OutputError(CaptionError):
     """An output file cannot be written, or is not one this tool can resume."""
+
+
+# Linux file names are bytes; Python hands one that is not UTF-8 over with each stray byte as a
+# lone surrogate (U+DC80..U+DCFF), which no UTF-8 file can hold. JSON writes it as a \udcXX escape
+# (json.loads gives the same str back); text cells (CSV, Parquet) write the byte as \xNN.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_ESCAPED_BYTE = re.compile(rb"\\x([89a-f][0-9a-f])")
+
+
+def json_line(row: dict) -> str:
+    """One JSON line, UTF-8 safe: readable text, and a name that is not UTF-8 as \\u escapes."""
+    text = json.dumps(row, ensure_ascii=False)
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text) + "\n"
+
+
+def path_text(text: str) -> str:
+    """`text` as valid UTF-8: each byte of a file name that is not UTF-8 becomes `\\xNN` (80-ff).
+
+    >>> path_text("caf\\udce9.jpg")
+    'caf\\\\xe9.jpg'
+    """
+    if not _SURROGATE.search(text):
+        return text
+    try:
+        return os.fsencode(text).decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that no file name holds: show it as its escape
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def path_from_text(text: str) -> str:
+    """Undo `path_text`: the name the file system gave, for resuming and for opening the file.
+    (A name that literally holds backslash-x-and-two-hex-digits-from-80 reads back as that byte.)"""
+    if "\\x" not in text:
+        return text
+    raw = _ESCAPED_BYTE.sub(lambda m: bytes([int(m.group(1), 16)]), text.encode("utf-8"))
+    return os.fsdecode(raw)
 
 
 def spreadsheet_safe(text: str) -> str:
@@ -52,8 +89,8 @@ def _cell(value) -> str:
     if value is None:
         return ""
     if isinstance(value, list):
-        return " | ".join(str(v) for v in value)
-    return str(value)
+        return " | ".join(path_text(str(v)) for v in value)
+    return path_text(str(value))
 
 
 class AppendFile:
@@ -78,14 +115,23 @@ class AppendFile:
 
     def append(self, text: str) -> None:
         assert self.handle is not None, "start() first"
-        self.handle.write(text)  # one write per batch: a kill tears at most the last line
-        self.handle.flush()
-        os.fsync(self.handle.fileno())
+        try:
+            self.handle.write(text)  # one write per batch: a kill tears at most the last line
+            self.handle.flush()
+            os.fsync(self.handle.fileno())
+        except OSError as error:  # the disk is full, or gone: the run stops, what is written stays
+            raise OutputError(
+                f"cannot write {self.path}: {error.strerror or error}; the rows written so far are kept: "
+                "make room and run the same command again with --resume"
+            ) from None
 
     def close(self) -> None:
         if self.handle is not None:
-            self.handle.close()
-            self.handle = None
+            handle, self.handle = self.handle, None
+            try:
+                handle.close()
+            except OSError:
+                pass  # what could not be flushed was already reported by append()
 
 
 def _cut_torn_tail(path: Path) -> bool:
@@ -128,7 +174,7 @@ def read_jsonl_keys(path: Path, key: str) -> Iterator[str]:
                     f"line {number} of {path} is not a row this tool wrote (no JSON object with "
                     f"'{key}'); fix or remove that line, or start over with --overwrite"
                 )
-            yield str(row[key])
+            yield str(row[key])  # a name that is not UTF-8 comes back from its \udcXX escapes
 
 
 def read_csv_keys(path: Path, key: str) -> Iterator[str]:
@@ -149,7 +195,7 @@ def read_csv_keys(path: Path, key: str) -> Iterator[str]:
                     f"row {number} of {path} has {len(cells)} cells, not {len(header)}; "
                     "fix or remove it, or start over with --overwrite"
                 )
-            yield spreadsheet_unsafe(cells[column])
+            yield path_from_text(spreadsheet_unsafe(cells[column]))
 
 
 def csv_header(columns: Iterable[str]) -> str:
@@ -165,5 +211,5 @@ def write_downloads(rows: list[dict[str, str]], directory: Path) -> tuple[str, s
     with csv_path.open("w", newline="", encoding="utf-8") as handle:
         handle.write(csv_header(columns))
         write_csv_rows(handle, rows, columns)
-    jsonl_path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    jsonl_path.write_text("".join(json_line(r) for r in rows), encoding="utf-8")
     return str(csv_path), str(jsonl_path)

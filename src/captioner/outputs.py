@@ -8,7 +8,7 @@ append whole batches and flush them, so a killed run keeps every finished batch.
 
 from __future__ import annotations
 
-import json
+import errno
 import os
 import posixpath
 import sys
@@ -17,12 +17,15 @@ from typing import Sequence
 
 from .bulk import Item, Result
 from .exports import (
-    CSV_COLUMNS, FORMULA_START, AppendFile, OutputError, csv_header, read_csv_keys, read_jsonl_keys, write_csv_rows,
+    CSV_COLUMNS, FORMULA_START, AppendFile, OutputError, csv_header, json_line, path_text, read_csv_keys,
+    read_jsonl_keys, write_csv_rows,
 )
 from .fetch import is_url
 from .images import IMAGE_SUFFIXES
 
 MODES = ("new", "resume", "overwrite")
+# A caption file that cannot be written for one of these reasons stops the run: the next would fail too.
+_RUN_ENDING = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}
 SIDECAR_POLICIES = ("skip", "overwrite", "append", "prepend")
 
 
@@ -57,7 +60,7 @@ class RowsOutput:
         if self.is_csv:
             self.file.append(_csv_text([r.row() for r in results], CSV_COLUMNS))
         else:
-            self.file.append("".join(json.dumps(r.row(), ensure_ascii=False) + "\n" for r in results))
+            self.file.append("".join(json_line(r.row()) for r in results))
 
     def finish(self) -> None:
         pass
@@ -105,7 +108,7 @@ class MetadataOutput(RowsOutput):
                     row["file_name"] = "./" + row["file_name"]
             self.file.append(_csv_text(rows, ("file_name", "text")))
         else:
-            self.file.append("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+            self.file.append("".join(json_line(row) for row in rows))
 
 
 def _csv_text(rows: list[dict], columns) -> str:
@@ -155,23 +158,37 @@ class Sidecars:
         return self.policy == "skip" and self.target(item).exists()
 
     def write(self, results: Sequence[Result]) -> None:
+        """Write each caption file. One that cannot be written (a read-only folder, a name too long)
+        becomes that image's error, which the other outputs then record (sidecars write first)."""
         for result in results:
             if result.error is None:
-                self._write_one(self.target(result.item), "\n".join(result.texts))
+                target = self.target(result.item)
+                try:
+                    self._write_one(target, "\n".join(result.texts))
+                except OSError as error:
+                    if error.errno in _RUN_ENDING:
+                        raise OutputError(
+                            f"cannot write {target}: {error.strerror}; the caption files written so far are "
+                            "kept: make room and run the same command again"
+                        ) from None
+                    result.error = f"cannot write its caption file {target.name}: {error.strerror or error}"
+                    result.texts, result.scores = [], None
 
     def _write_one(self, target: Path, text: str) -> None:
+        # A person's caption file is kept byte for byte, even when it is not UTF-8.
+        data = text.encode("utf-8", "surrogateescape")
         if self.policy in ("append", "prepend") and target.exists():
-            old = target.read_text(encoding="utf-8").strip()
+            old = target.read_bytes().strip()
             if old:
-                text = f"{old} {text}" if self.policy == "append" else f"{text} {old}"
+                data = old + b" " + data if self.policy == "append" else data + b" " + old
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Written whole, then renamed over: a kill never leaves half a caption file.
+        partial = target.with_name(f".{target.name}.partial")
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            # Written whole, then renamed over: a kill never leaves half a caption file.
-            partial = target.with_name(f".{target.name}.partial")
-            partial.write_text(text + "\n", encoding="utf-8")
+            partial.write_bytes(data + b"\n")
             os.replace(partial, target)
-        except OSError as error:
-            raise OutputError(f"cannot write {target}: {error.strerror or error}") from None
+        finally:
+            partial.unlink(missing_ok=True)
 
     def finish(self) -> None:
         pass
@@ -206,8 +223,14 @@ class Printer:
 
 def format_row(row: dict, as_json: bool) -> str:
     if as_json:
-        return json.dumps(row, ensure_ascii=False)
+        return json_line(row)[:-1]
+    path = _one_line(row["path"])  # a name with a tab or newline must not split the row
     if "error" in row:
-        return f"{row['path']}\tERROR: {row['error']}"
+        return f"{path}\tERROR: {_one_line(row['error'])}"
     text = row["caption"] if "caption" in row else " | ".join(row["captions"])
-    return f"{row['path']}\t{text}"
+    return f"{path}\t{_one_line(text)}"
+
+
+def _one_line(text: str) -> str:
+    """Terminal rows: a tab, newline or carriage return in a name is shown as its escape."""
+    return path_text(text).replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")

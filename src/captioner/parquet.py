@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterator, NamedTuple, Sequence
 
 from .bulk import Item, Result, SourceError
-from .exports import AppendFile, OutputError, read_jsonl_keys
+from .exports import AppendFile, OutputError, json_line, path_from_text, path_text, read_jsonl_keys
 from .images import image_cell
 from .outputs import refuse_existing
 
@@ -140,7 +140,7 @@ class ParquetOutput:
         return item.key in self.keys
 
     def write(self, results: Sequence[Result]) -> None:
-        self.journal.append("".join(json.dumps(r.row(self.key_name), ensure_ascii=False) + "\n" for r in results))
+        self.journal.append("".join(json_line(r.row(self.key_name)) for r in results))
 
     def finish(self) -> None:
         """Build the Parquet file from the journal, replace the output with it, drop the journal."""
@@ -154,7 +154,9 @@ class ParquetOutput:
                     writer.write_table(table)
             os.replace(partial, self.path)
         except OSError as error:
-            raise OutputError(f"cannot write {self.path}: {error.strerror or error}") from None
+            partial.unlink(missing_ok=True)
+            raise OutputError(f"cannot write {self.path}: {error.strerror or error}; every row is kept in "
+                              f"{self.journal.path}: make room and run the same command again with --resume") from None
         self.journal.path.unlink()
 
     def close(self) -> None:
@@ -191,6 +193,11 @@ class ParquetOutput:
 
     def _tables(self, pa, schema):
         for rows in self._journal_rows():
+            # Parquet strings are UTF-8: a file name that is not becomes \xNN text (exports.path_text).
+            for row in rows:
+                for name in ("path", "error"):
+                    if name in row:
+                        row[name] = path_text(row[name])
             yield pa.Table.from_pylist(rows, schema=schema)
 
     def _journal_from_output(self) -> None:
@@ -198,7 +205,9 @@ class ParquetOutput:
         with self.journal.path.open("w", encoding="utf-8") as handle:
             for batch in pq.ParquetFile(self.path).iter_batches(batch_size=4096):
                 for row in batch.to_pylist():
-                    handle.write(json.dumps({k: v for k, v in row.items() if v is not None}, ensure_ascii=False) + "\n")
+                    if row.get("path") is not None:
+                        row["path"] = path_from_text(row["path"])  # the key a resumed run compares
+                    handle.write(json_line({k: v for k, v in row.items() if v is not None}))
 
 
 class DatasetOutput(ParquetOutput):
@@ -263,5 +272,5 @@ class DatasetOutput(ParquetOutput):
                     n for n in names if n in pq.read_schema(self.path).names]):
                 for row in batch.to_pylist():
                     record = {"row": str(index), **{names[k]: v for k, v in row.items() if v is not None}}
-                    handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+                    handle.write(json_line(record))
                     index += 1
