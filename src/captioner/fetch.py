@@ -15,15 +15,18 @@ hold a worker or memory without bound. So:
 
 from __future__ import annotations
 
+import errno
 import http.client
 import ipaddress
+import logging
+import re
 import socket
 import ssl
 import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 
 from .errors import InvalidImage
 
@@ -33,6 +36,12 @@ CARRIER_GRADE_NAT = ipaddress.ip_network("100.64.0.0/10")
 NAT64 = ipaddress.ip_network("64:ff9b::/96")
 REDIRECTS = (301, 302, 303, 307, 308)
 _slots = threading.BoundedSemaphore(4)  # fetches at once, per process
+log = logging.getLogger("captioner.fetch")
+# WHATWG URL: the characters a browser leaves as they are in a path and in a query; the rest
+# (spaces, quotes, angle brackets, non-ASCII) it percent-encodes as UTF-8 before sending.
+_PATH_SAFE = "!$%&'()*+,/:;=@[]^|-._~"
+_QUERY_SAFE = "!$%&()*+,/:;=?@[]^`{|}-._~"
+_HOST = re.compile(r"^[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?$")
 
 
 class URLRefused(InvalidImage):
@@ -49,7 +58,53 @@ class FetchPolicy:
 
 
 def is_url(value) -> bool:
-    return isinstance(value, str) and value[:8].lower().startswith(("http://", "https://"))
+    return isinstance(value, str) and value.lstrip()[:8].lower().startswith(("http://", "https://"))
+
+
+def normalise_url(url: str) -> str:
+    """The link as a browser sends it: tabs and newlines dropped, a non-ASCII host IDNA-encoded,
+    spaces and non-ASCII in path and query percent-encoded, backslashes read as slashes, the
+    fragment (never sent) dropped. A link that cannot be read is refused with what is wrong with it.
+
+    >>> normalise_url("http://Example.com/café ☕ photo.png?q=a b#top")
+    'http://example.com/caf%C3%A9%20%E2%98%95%20photo.png?q=a%20b'
+    """
+    text = re.sub("[\t\n\r]", "", url.strip(" \x00-\x1f"))
+    before, mark, query = text.partition("?")
+    text = before.replace("\\", "/") + mark + query  # a browser reads \ as / before the query
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+        raise URLRefused("the link contains control characters; copy it again from the address bar")
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError as error:  # "Invalid IPv6 URL", or a port that is not a number
+        reason = "its port is not a number from 1 to 65535" if "port" in str(error).lower() else "its host is malformed"
+        raise URLRefused(f"the link cannot be read: {reason}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise URLRefused(f"only http and https image links are fetched; got {parts.scheme or 'no'} scheme")
+    host = _host(parts.hostname or "")
+    if port == 0:
+        raise URLRefused("the link cannot be read: its port is not a number from 1 to 65535")
+    netloc = (f"[{host}]" if ":" in host else host) + (f":{port}" if port else "")
+    path = quote(parts.path, safe=_PATH_SAFE) or "/"
+    return urlunsplit((scheme, netloc, path, quote(parts.query, safe=_QUERY_SAFE), ""))
+
+
+def _host(host: str) -> str:
+    if not host:
+        raise URLRefused("the link has no host")
+    try:
+        return str(ipaddress.ip_address(host.split("%")[0]))
+    except ValueError:
+        pass
+    try:
+        ascii_host = host.encode("idna").decode("ascii").lower()
+    except UnicodeError:
+        raise URLRefused(f"the link's host {host!r} is not a valid host name") from None
+    if not _HOST.match(ascii_host):
+        raise URLRefused(f"the link's host {host!r} is not a valid host name")
+    return ascii_host
 
 
 def address_refusal(address: Address) -> str | None:
@@ -95,16 +150,9 @@ class Target:
 
 def check_url(url: str, policy: FetchPolicy, resolver: Resolver = system_resolver) -> Target:
     """Parse `url`, resolve its host once and check every address; the connection uses these."""
-    parts = urlsplit(url.strip())
-    if parts.scheme.lower() not in ("http", "https"):
-        raise URLRefused(f"only http and https image links are fetched; got {parts.scheme or 'no'} scheme")
-    try:
-        host, port = parts.hostname, parts.port
-    except ValueError:
-        raise URLRefused("the link's port is not a number from 1 to 65535") from None
-    if not host:
-        raise URLRefused("the link has no host")
-    port = port or (443 if parts.scheme.lower() == "https" else 80)
+    parts = urlsplit(normalise_url(url))
+    host = parts.hostname
+    port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
         addresses = [ipaddress.ip_address(host)]
     except ValueError:
@@ -118,7 +166,7 @@ def check_url(url: str, policy: FetchPolicy, resolver: Resolver = system_resolve
                 shown = host if str(address) == host else f"{host} ({address})"
                 raise URLRefused(f"{shown} is a {reason} address: links to it are refused")
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return Target(parts.scheme.lower(), host, port, path, tuple(addresses))
+    return Target(parts.scheme, host, port, path, tuple(addresses))
 
 
 def redirect_target(current: str, location: str | None, policy: FetchPolicy,
@@ -189,7 +237,7 @@ def _connect(target: Target, policy: FetchPolicy, deadline: float) -> _PinnedHTT
         except (OSError, ssl.SSLError) as error:
             connection.close()
             failure = error
-    raise URLRefused(f"could not connect to {target.host}: {_why(failure)}")
+    raise URLRefused(f"could not connect to {target.host}: {_why(failure, target.host)}")
 
 
 def _get(connection: _PinnedHTTP, target: Target, deadline: float) -> http.client.HTTPResponse:
@@ -199,7 +247,7 @@ def _get(connection: _PinnedHTTP, target: Target, deadline: float) -> http.clien
             "User-Agent": "captioner (image captioning)", "Accept": "image/*", "Accept-Encoding": "identity"})
         return connection.getresponse()
     except (OSError, http.client.HTTPException) as error:
-        raise URLRefused(f"{target.host} did not answer in time or broke off: {_why(error)}") from None
+        raise URLRefused(f"{target.host} did not send the image: {_why(error, target.host)}") from None
 
 
 def _read_capped(connection: _PinnedHTTP, response: http.client.HTTPResponse, policy: FetchPolicy,
@@ -219,7 +267,7 @@ def _read_capped(connection: _PinnedHTTP, response: http.client.HTTPResponse, po
         except (OSError, http.client.HTTPException) as error:
             if isinstance(error, TimeoutError) or time.monotonic() >= deadline:
                 raise URLRefused(f"the download took longer than {policy.deadline_s:.0f} s and was stopped") from None
-            raise URLRefused(f"the download broke off: {_why(error)}") from None
+            raise URLRefused(f"the download broke off: {_why(error, 'the download')}") from None
         if not chunk:
             return b"".join(chunks)
         size += len(chunk)
@@ -228,5 +276,25 @@ def _read_capped(connection: _PinnedHTTP, response: http.client.HTTPResponse, po
         chunks.append(chunk)
 
 
-def _why(error: Exception | None) -> str:
-    return (getattr(error, "strerror", None) or str(error) or type(error).__name__) if error else "unknown"
+def _why(error: Exception | None, where: str) -> str:
+    """A sentence for the person who sent the link; the library's own text goes to the server's log."""
+    if error is None:
+        return "it has no address to connect to"
+    log.info("fetch from %s failed: %s: %s", where, type(error).__name__, error)
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return "its security certificate could not be verified"
+    if isinstance(error, ssl.SSLError):
+        return "the secure (TLS) connection failed"
+    if isinstance(error, (TimeoutError, socket.timeout)):
+        return "it did not answer in time"
+    if isinstance(error, http.client.RemoteDisconnected):
+        return "the server closed the connection without answering"
+    if isinstance(error, ConnectionRefusedError):
+        return "the connection was refused"
+    if isinstance(error, (ConnectionResetError, ConnectionAbortedError, BrokenPipeError)):
+        return "the connection was closed"
+    if isinstance(error, http.client.HTTPException):
+        return "its answer was not valid HTTP"
+    if isinstance(error, OSError) and error.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+        return "the network or host cannot be reached"
+    return "the connection failed"

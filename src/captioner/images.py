@@ -15,6 +15,7 @@ Decisions (see README, "What images are accepted"):
 from __future__ import annotations
 
 import io
+import logging
 import os
 import warnings
 from dataclasses import dataclass
@@ -25,6 +26,9 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import InvalidImage
+
+log = logging.getLogger("captioner.images")
+CORRUPT = "the image data is truncated or corrupt"
 
 ImageInput = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
 
@@ -81,15 +85,18 @@ def load_image(source: ImageInput, limits: ImageLimits = DEFAULT_LIMITS) -> Imag
         path = Path(source)
         try:
             size = path.stat().st_size
-        except OSError:
-            raise InvalidImage(f"{path.name}: file not found or not readable") from None
+        except (OSError, ValueError):  # ValueError: a NUL in the name
+            raise InvalidImage(f"{path.name}: file not found") from None
         if not path.is_file():
             raise InvalidImage(f"{path.name}: not a file")
         _check_byte_count(size, limits)
-        with path.open("rb") as handle:
-            head = handle.read(512)
-            handle.seek(0)
-            return _decode(handle, head, limits)
+        try:
+            with path.open("rb") as handle:
+                head = handle.read(512)
+                handle.seek(0)
+                return _decode(handle, head, limits)
+        except OSError as error:  # no permission to read it, or the disk failed under it
+            raise InvalidImage(f"{path.name}: cannot be read ({error.strerror or 'read error'})") from None
     raise InvalidImage(f"expected an image file, bytes, PIL image or array; got {type(source).__name__}")
 
 
@@ -104,7 +111,7 @@ def normalise(image: Image.Image, limits: ImageLimits = DEFAULT_LIMITS) -> Image
         image.load()
         image = ImageOps.exif_transpose(image)
     except (OSError, SyntaxError, ValueError) as error:
-        raise InvalidImage(f"the image data is truncated or corrupt ({error})") from None
+        raise _corrupt(error) from None
     if is_huge:
         image.thumbnail((limits.reduced_max_side, limits.reduced_max_side), Image.Resampling.BILINEAR)
     return _to_rgb(image)
@@ -126,9 +133,15 @@ def _decode(stream, head: bytes, limits: ImageLimits) -> Image.Image:
             "not a supported image; upload a JPEG, PNG, WebP, GIF, BMP or TIFF image"
         ) from None
     except (OSError, SyntaxError, ValueError) as error:
-        raise InvalidImage(f"the image data is truncated or corrupt ({error})") from None
+        raise _corrupt(error) from None
     _check_pixels(image.size, limits)
     return normalise(image, limits)
+
+
+def _corrupt(error: Exception) -> InvalidImage:
+    """Pillow's own words are for the server's log; the person sending the image gets a sentence."""
+    log.info("image refused as corrupt: %s: %s", type(error).__name__, error)
+    return InvalidImage(CORRUPT)
 
 
 def _sniff_non_image(head: bytes) -> str | None:
