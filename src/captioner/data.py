@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import collections
 import csv
+import io
 import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import CaptionError
+from .errors import CaptionError, require
 from .images import image_cell
 
 
@@ -118,9 +119,11 @@ def load_dataset(data: str | Path, image_column: str = "image", text_column: str
     dataset = CaptionDataset([], kind)
     exists: dict[Path, bool] = {}
     for image, caption, where in rows:
-        caption = (caption or "").strip()
+        caption = caption.strip() if isinstance(caption, str) else None
         reason = None
-        if not caption:
+        if caption is None:
+            reason = "caption is not text"
+        elif not caption:
             reason = "empty caption"
         elif image is None or (isinstance(image, Path) and not _exists(image, exists)):
             reason = "missing image file"
@@ -148,9 +151,14 @@ HUB_PREFIX = "hf://datasets/"
 def _detect(path: Path, image_column: str, text_column: str) -> tuple[str, list[Row]]:
     parquet = [path] if path.suffix == ".parquet" else sorted(path.rglob("*.parquet")) if path.is_dir() else []
     if parquet and not (path.is_dir() and (path / "metadata.jsonl").is_file()):
+        require("datasets", "Training on Parquet", "requirements-train.txt")
         import datasets
 
-        table = datasets.load_dataset("parquet", data_files=[str(p) for p in parquet], split="train")
+        try:
+            table = datasets.load_dataset("parquet", data_files=[str(p) for p in parquet], split="train")
+        except (OSError, ValueError, datasets.exceptions.DatasetGenerationError) as error:
+            raise DatasetError(f"{parquet[0] if len(parquet) == 1 else path} is not readable Parquet "
+                               f"({type(error).__name__})") from None
         return "parquet", _table_rows(table, image_column, text_column, parquet[0].name, parquet[0].parent)
     if path.is_file():
         if path.suffix == ".json":
@@ -180,31 +188,50 @@ def _imagefolder(metadata: Path) -> list[Row]:
     root = metadata.parent
     rows: list[Row] = []
     if metadata.suffix == ".jsonl":
-        for number, line in enumerate(metadata.read_text(encoding="utf-8").splitlines(), 1):
+        for number, line in enumerate(_read_text(metadata).splitlines(), 1):
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
-                rows.append((None, "", f"{metadata.name}:{number} (not JSON)"))
+                record = None
+            if not isinstance(record, dict):
+                rows.append((None, "", f"{metadata.name}:{number} (not a JSON object)"))
                 continue
             rows.append(_folder_row(root, record, f"{metadata.name}:{number}"))
-    else:
-        with metadata.open(newline="", encoding="utf-8") as handle:
-            for number, record in enumerate(csv.DictReader(handle), 2):
-                rows.append(_folder_row(root, record, f"{metadata.name}:{number}"))
+        return rows
+    reader = csv.DictReader(io.StringIO(_read_text(metadata), newline=""))
+    columns = reader.fieldnames or []
+    if "file_name" not in columns or not {"text", "caption"} & set(columns):
+        raise DatasetError(f"{metadata} needs the columns file_name and text (it has: {', '.join(map(str, columns)) or 'none'})")
+    try:
+        for number, record in enumerate(reader, 2):
+            rows.append(_folder_row(root, record, f"{metadata.name}:{reader.line_num}"))
+    except csv.Error as error:
+        raise DatasetError(f"{metadata} line {reader.line_num}: not valid CSV ({error})") from None
     return rows
 
 
+def _read_text(path: Path) -> str:
+    """A data file's text; one that cannot be read is one line naming it."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise DatasetError(f"{path} is not UTF-8 text (byte {error.start})") from None
+    except OSError as error:
+        raise DatasetError(f"cannot read {path}: {error.strerror or error}") from None
+
+
 def _folder_row(root: Path, record: dict, where: str) -> Row:
-    name = record.get("file_name") or ""
+    name = record.get("file_name")
     text = record.get("text")
     if text is None:
         text = record.get("caption") or ""
-    return ((root / name) if name else None, str(text), where)
+    return ((root / name) if isinstance(name, str) and name else None, text, where)
 
 
 def _hub_table(name: str, split: str):
+    require("datasets", "Training on Hub datasets", "requirements-train.txt")
     import datasets
 
     try:
@@ -216,6 +243,7 @@ def _hub_table(name: str, split: str):
 def _table_rows(table, image_column: str, text_column: str, where: str, folder: Path) -> list[Row]:
     """Rows of a `datasets.Dataset`: only the text and the images' names are read now."""
     import datasets
+    import pyarrow as pa
     import pyarrow.compute as pc
 
     missing = [c for c in (image_column, text_column) if c not in table.column_names]
@@ -226,7 +254,11 @@ def _table_rows(table, image_column: str, text_column: str, where: str, folder: 
         table = table.cast_column(image_column, datasets.Image(decode=False))
     column = table.data.table.column(image_column)
     texts = table.data.table.column(text_column).to_pylist()
-    if column.type == "string":  # paths, relative to the Parquet file's folder
+    is_paths = pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
+    if not is_paths and not (pa.types.is_struct(column.type) and {"bytes", "path"} & {f.name for f in column.type}):
+        raise DatasetError(f"{where}: the column '{image_column}' holds {column.type}, not images "
+                           "(paths, or {bytes, path} structs); name the image column with --image-column")
+    if is_paths:  # relative to the Parquet file's folder
         return [((folder / name) if name else None, text, f"{where} row {i}")
                 for i, (name, text) in enumerate(zip(column.to_pylist(), texts))]
     names = pc.struct_field(column, "path").to_pylist() if "path" in {f.name for f in column.type} else [None] * len(texts)
@@ -235,40 +267,63 @@ def _table_rows(table, image_column: str, text_column: str, where: str, folder: 
 
 
 def _coco(annotations: Path) -> list[Row]:
-    data = json.loads(annotations.read_text(encoding="utf-8"))
-    if isinstance(data.get("data"), list) and "annotations" not in data:
+    try:
+        data = json.loads(_read_text(annotations))
+    except json.JSONDecodeError as error:
+        raise DatasetError(f"{annotations} is not valid JSON: {error.msg} at line {error.lineno}, "
+                           f"column {error.colno}") from None
+    if isinstance(data, dict) and isinstance(data.get("data"), list) and "annotations" not in data:
         return _textcaps(annotations, data["data"])
-    names = {image["id"]: image["file_name"] for image in data.get("images", [])}
+    if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
+        raise DatasetError(f"{annotations} is not COCO captions (an object with 'images' and 'annotations' "
+                           "lists) or TextCaps (an object with a 'data' list)")
+    names = {image["id"]: image["file_name"] for image in _records(data.get("images"))
+             if _is_key(image.get("id")) and isinstance(image.get("file_name"), str)}
     folders = _candidate_folders(annotations.parent)
     rows: list[Row] = []
     found: dict[str, Path | None] = {}  # COCO has five captions an image: look each up once
-    for annotation in data.get("annotations", []):
+    for number, annotation in enumerate(data["annotations"]):
+        if not isinstance(annotation, dict):
+            rows.append((None, "", f"{annotations.name} annotation {number} (not an object)"))
+            continue
         if annotation.get("is_rejected") or annotation.get("is_precanned"):
             continue  # VizWiz-Captions: captions its annotators rejected or wrote from a template
-        name = names.get(annotation.get("image_id"))
+        key = annotation.get("image_id")
+        name = names.get(key) if _is_key(key) else None
         if name and name not in found:
             found[name] = _find(folders, name)
         image = found.get(name) if name else None
-        rows.append((image, annotation.get("caption") or "", f"{annotations.name} id {annotation.get('id')}"))
+        rows.append((image, annotation.get("caption", ""), f"{annotations.name} id {annotation.get('id')}"))
     return rows
+
+
+def _records(value) -> list[dict]:
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+def _is_key(value) -> bool:
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
 
 
 def _textcaps(annotations: Path, entries: list) -> list[Row]:
     folders = _candidate_folders(annotations.parent)
     rows: list[Row] = []
     for number, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            rows.append((None, "", f"{annotations.name} entry {number} (not an object)"))
+            continue
         names = [str(entry[k]) for k in ("image_path", "image_name") if entry.get(k)]
         names += [Path(names[0]).name] if names else []
         names += [f"{entry['image_name']}.jpg"] if entry.get("image_name") else []
         image = next(filter(None, (_find(folders, name) for name in names)), None)
-        rows.append((image, entry.get("caption_str") or "", f"{annotations.name} entry {number}"))
+        rows.append((image, entry.get("caption_str", ""), f"{annotations.name} entry {number}"))
     return rows
 
 
 def _flickr(tokens: Path) -> list[Row]:
     folders = _candidate_folders(tokens.parent)
     rows: list[Row] = []
-    for number, line in enumerate(tokens.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(_read_text(tokens).splitlines(), 1):
         if not line.strip():
             continue
         key, _, caption = line.partition("\t")
@@ -280,7 +335,10 @@ def _flickr(tokens: Path) -> list[Row]:
 def _candidate_folders(start: Path) -> list[Path]:
     folders = [start, start.parent]
     for base in (start, start.parent):
-        folders += sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+        try:
+            folders += sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+        except OSError:
+            pass  # a folder we may not list holds no images we could read either
     return list(dict.fromkeys(folders))
 
 
