@@ -16,9 +16,11 @@ os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost,::1"
 import contextlib
 import http.server
 import io
+import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -140,3 +142,24 @@ def run_cli(*args, env=None):
     return subprocess.run(
         [sys.executable, "-m", "captioner", *args], capture_output=True, text=True, env=environment, timeout=300
     )
+
+
+def wait_for_lines(path: Path, count: int, process, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_bytes().count(b"\n") >= count:
+            return
+        assert process.poll() is None, process.stderr.read()
+        time.sleep(0.02)
+    raise AssertionError(f"fewer than {count} rows after {timeout} s")
+
+
+def kill_once_written(command: list[str], written: Path, rows: int) -> dict:
+    """Run the CLI in a session of its own, SIGKILL the whole group once `rows` rows are on disk;
+    returns the environment to resume it with."""
+    env = {**os.environ, "PYTHONPATH": SRC}
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    wait_for_lines(written, rows, process)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+    return env

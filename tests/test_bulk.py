@@ -3,7 +3,6 @@
 import csv
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -18,7 +17,7 @@ from captioner import CaptionSettings, load_image
 from captioner.bulk import Item, caption_batches
 from captioner.cli import main
 from captioner.exports import spreadsheet_safe, spreadsheet_unsafe, write_downloads
-from conftest import SRC, encode, photo, run_cli
+from conftest import SRC, encode, kill_once_written, photo, run_cli
 from reference import ModelCardReference
 
 
@@ -96,27 +95,6 @@ def test_resume_refuses_a_foreign_line(tiny_checkpoint, folder, tmp_path, capsys
     assert main(["caption", "--model", str(tiny_checkpoint), "--output", str(out), "--resume", str(folder)]) == 2
     assert "line 2" in capsys.readouterr().err
     assert out.read_bytes() == before
-
-
-def wait_for_lines(path: Path, count: int, process, timeout=120):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and path.read_bytes().count(b"\n") >= count:
-            return
-        assert process.poll() is None, process.stderr.read()
-        time.sleep(0.02)
-    raise AssertionError(f"fewer than {count} rows after {timeout} s")
-
-
-def kill_once_written(command: list[str], written: Path, rows: int) -> dict:
-    """Run the CLI in a session of its own, SIGKILL the whole group once `rows` rows are on disk;
-    returns the environment to resume it with."""
-    env = {**os.environ, "PYTHONPATH": SRC}
-    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    wait_for_lines(written, rows, process)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait(timeout=30)
-    return env
 
 
 @pytest.mark.slow

@@ -115,3 +115,17 @@ def test_the_clis_local_ray_listens_on_loopback_only(tmp_path):
     assert node == "127.0.0.1"
     addresses = [ipaddress.ip_address(a) for a in json.loads(listening.replace("'", '"'))]
     assert addresses and all((getattr(a, "ipv4_mapped", None) or a).is_loopback for a in addresses), listening
+
+
+@pytest.mark.slow
+def test_ray_takes_a_messy_folder_as_the_single_process_run_does(local_ray, tiny_checkpoint, tmp_path):
+    from messy import assert_each_once, messy_folder, read_rows
+
+    root = tmp_path / "disk"
+    good, bad = messy_folder(root)  # names that are not UTF-8 travel through Ray as bytes
+    single, on_ray = tmp_path / "single.jsonl", tmp_path / "ray.jsonl"
+    common = ["caption", "--model", str(tiny_checkpoint), "--batch-size", "4", str(root)]
+    assert main([*common, "--output", str(single)]) == 1
+    assert main([*common, "--output", str(on_ray), "--ray", "--actors", "1"]) == 1
+    assert on_ray.read_text(encoding="utf-8") == single.read_text(encoding="utf-8")
+    assert_each_once(read_rows(on_ray), good, bad)

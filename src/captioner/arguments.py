@@ -26,7 +26,8 @@ class Parser(argparse.ArgumentParser):
     """argparse, with a usage error as a single line (`--help` shows the usage)."""
 
     def error(self, message: str) -> NoReturn:
-        line = " ".join(message.split("\n"))  # an argument holding a newline must not split the line
+        # An argument holding a newline (or any control character) must not split the line.
+        line = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
         self.exit(2, f"{self.prog}: error: {line} (see --help)\n")
 
 

@@ -92,10 +92,13 @@ def read_path_list(list_file: str | os.PathLike) -> list[str]:
     """`--from-list`: one path (file or folder) per line, as on the command line; blank lines and
     lines starting with # are skipped."""
     try:
-        text = Path(list_file).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise SourceError(f"cannot read the list {list_file}: {getattr(error, 'strerror', None) or error}") from None
-    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+        data = Path(list_file).read_bytes()
+    except OSError as error:
+        raise SourceError(f"cannot read the list {list_file}: {error.strerror or error}") from None
+    # File names are bytes: a list made by `find` may hold names that are not UTF-8, kept as the
+    # file system's own (surrogate escapes), as names found in a folder are.
+    lines = (os.fsdecode(line).strip() for line in data.removeprefix(b"\xef\xbb\xbf").splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
 
 
 def file_items(paths: Sequence[str | os.PathLike]) -> list[Item]:

@@ -172,6 +172,9 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"skipped {summary['skipped_images']} images that could not be decoded, e.g.:", file=sys.stderr)
         for line in summary["first_skipped"]:
             print(f"  {line}", file=sys.stderr)
+    if summary.get("curves", "") is None:
+        print("no training_curves.png: matplotlib is not installed (pip install -r requirements-train.txt)",
+              file=sys.stderr)
     print(json.dumps(summary))
     print(f"saved to {summary['output']}" + (f", curves in {summary['curves']}" if summary["curves"] else "")
           + f"; caption with it: python app.py --model {summary['output']}", file=sys.stderr)
@@ -224,7 +227,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         quiet_libraries()
         return args.handler(args)
     except CaptionError as error:
-        print(f"error: {error}", file=sys.stderr)
+        # One line, whatever the message quotes (a file name or a column may hold a newline).
+        print("error: " + "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(error)), file=sys.stderr)
         return 2
     except BrokenPipeError:
         # `... | head`: the reader left; say nothing more and leave quietly.

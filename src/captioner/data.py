@@ -203,13 +203,18 @@ def _imagefolder(metadata: Path) -> list[Row]:
     reader = csv.DictReader(io.StringIO(_read_text(metadata), newline=""))
     columns = reader.fieldnames or []
     if "file_name" not in columns or not {"text", "caption"} & set(columns):
-        raise DatasetError(f"{metadata} needs the columns file_name and text (it has: {', '.join(map(str, columns)) or 'none'})")
+        raise DatasetError(f"{metadata} needs the columns file_name and text (it has: {', '.join(map(_shown, columns)) or 'none'})")
     try:
         for number, record in enumerate(reader, 2):
             rows.append(_folder_row(root, record, f"{metadata.name}:{reader.line_num}"))
     except csv.Error as error:
         raise DatasetError(f"{metadata} line {reader.line_num}: not valid CSV ({error})") from None
     return rows
+
+
+def _shown(name) -> str:
+    """A column name as found, control characters escaped: a message stays one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(name))
 
 
 def _read_text(path: Path) -> str:
@@ -248,7 +253,7 @@ def _table_rows(table, image_column: str, text_column: str, where: str, folder: 
 
     missing = [c for c in (image_column, text_column) if c not in table.column_names]
     if missing:
-        raise DatasetError(f"{where} has no column '{missing[0]}' (it has: {', '.join(table.column_names)}); "
+        raise DatasetError(f"{where} has no column '{missing[0]}' (it has: {', '.join(map(_shown, table.column_names))}); "
                            "name the columns with --image-column and --text-column")
     if isinstance(table.features[image_column], datasets.Image):
         table = table.cast_column(image_column, datasets.Image(decode=False))

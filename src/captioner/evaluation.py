@@ -7,14 +7,13 @@ it METEOR is left out and a plain lower-case/punctuation tokenizer stands in, wh
 
 from __future__ import annotations
 
-import csv
 import re
 import shutil
 from pathlib import Path
 
 from .data import CaptionDataset, DatasetError, image_input
 from .errors import InvalidImage
-from .exports import spreadsheet_safe
+from .exports import OutputError, csv_header, write_csv_rows
 from .images import load_image
 from .inference import Captioner
 from .settings import DEFAULT_SETTINGS, CaptionSettings
@@ -82,12 +81,13 @@ def evaluate(captioner: Captioner, dataset: CaptionDataset, settings: CaptionSet
         raise DatasetError(f"none of the {len(sources)} images could be decoded, e.g. {skipped[0]}")
     metrics, tokenizer = score_captions(predictions, references)
     if csv_path:
-        with Path(csv_path).open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["image", "caption", "references"])
-            for image in images:
-                row = [image, predictions[image], " | ".join(references[image])]
-                writer.writerow([spreadsheet_safe(cell) for cell in row])
+        rows = [{"image": image, "caption": predictions[image], "references": references[image]} for image in images]
+        try:
+            with Path(csv_path).open("w", newline="", encoding="utf-8") as handle:
+                handle.write(csv_header(("image", "caption", "references")))
+                write_csv_rows(handle, rows, ("image", "caption", "references"))
+        except OSError as error:
+            raise OutputError(f"cannot write {csv_path}: {error.strerror or error}") from None
     return {"images": len(images), "skipped_images": len(skipped), "first_skipped": skipped[:5], "metrics": metrics, "tokenizer": tokenizer,
             "predictions": predictions}
 

@@ -96,9 +96,10 @@ def _cell(value) -> str:
 class AppendFile:
     """A text file that grows by whole batches; `rows` are what is already in it."""
 
-    def __init__(self, path: Path, header: str = "") -> None:
+    def __init__(self, path: Path, header: str = "", quoted_newlines: bool = False) -> None:
         self.path = path
         self.header = header
+        self.quoted_newlines = quoted_newlines  # CSV: a quoted cell may hold a newline (a file name can)
         self.repaired = False
         self.handle: io.TextIOWrapper | None = None
 
@@ -106,7 +107,7 @@ class AppendFile:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if resume and self.path.exists():
-                self.repaired = _cut_torn_tail(self.path)
+                self.repaired = _cut_torn_csv(self.path) if self.quoted_newlines else _cut_torn_tail(self.path)
             else:
                 self.path.write_text(self.header, encoding="utf-8")
             self.handle = self.path.open("a", encoding="utf-8", newline="")
@@ -157,6 +158,23 @@ def _cut_torn_tail(path: Path) -> bool:
             position -= step
         handle.truncate(0)
         return True
+
+
+def _cut_torn_csv(path: Path) -> bool:
+    """`_cut_torn_tail` for CSV, whose quoted cells may hold newlines: a record ends at a newline
+    outside quotes (an even count of `"` so far, as RFC 4180 doubles a quote inside a cell)."""
+    data = path.read_bytes()
+    end, quotes, position = 0, 0, 0
+    while (newline := data.find(b"\n", position)) >= 0:
+        quotes += data.count(b'"', position, newline)
+        position = newline + 1
+        if quotes % 2 == 0:
+            end = position
+    if end == len(data):
+        return False
+    with path.open("rb+") as handle:
+        handle.truncate(end)
+    return True
 
 
 def read_jsonl_keys(path: Path, key: str) -> Iterator[str]:

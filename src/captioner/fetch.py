@@ -41,6 +41,7 @@ log = logging.getLogger("captioner.fetch")
 # (spaces, quotes, angle brackets, non-ASCII) it percent-encodes as UTF-8 before sending.
 _PATH_SAFE = "!$%&'()*+,/:;=@[]^|-._~"
 _QUERY_SAFE = "!$%&()*+,/:;=?@[]^`{|}-._~"
+_LINK = re.compile(r"\s*[A-Za-z][A-Za-z0-9+.-]*://")
 _HOST = re.compile(r"^[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?$")
 
 
@@ -58,7 +59,10 @@ class FetchPolicy:
 
 
 def is_url(value) -> bool:
-    return isinstance(value, str) and value.lstrip()[:8].lower().startswith(("http://", "https://"))
+    """Whether `value` reads as a link (`scheme://...`). Every such value goes to fetch_bytes,
+    which fetches http and https only and refuses the rest with a message: an `ftp://` or
+    `file://` link is never mistaken for a file name."""
+    return isinstance(value, str) and _LINK.match(value) is not None
 
 
 def normalise_url(url: str) -> str:

@@ -40,7 +40,7 @@ class RowsOutput:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.is_csv = path.suffix.lower() == ".csv"
-        self.file = AppendFile(path, csv_header(CSV_COLUMNS) if self.is_csv else "")
+        self.file = AppendFile(path, csv_header(CSV_COLUMNS) if self.is_csv else "", quoted_newlines=self.is_csv)
         self.keys: set[str] = set()
 
     def start(self, mode: str) -> None:

@@ -196,7 +196,7 @@ class ParquetOutput:
             # Parquet strings are UTF-8: a file name that is not becomes \xNN text (exports.path_text).
             for row in rows:
                 for name in ("path", "error"):
-                    if name in row:
+                    if isinstance(row.get(name), str):
                         row[name] = path_text(row[name])
             yield pa.Table.from_pylist(rows, schema=schema)
 
