@@ -13,16 +13,17 @@ from conftest import encode, photo, serve_on_loopback
 
 PUBLIC = ["93.184.216.34", "8.8.8.8", "1.1.1.1", "2606:4700:4700::1111", "2001:4860:4860::8888"]
 REFUSED = {
-    "127.0.0.1": "loopback", "127.8.9.10": "loopback", "::1": "loopback",
-    "10.1.2.3": "private", "172.16.5.4": "private", "192.168.1.1": "private", "fc00::1": "private",
-    "169.254.169.254": "link-local", "fe80::1": "link-local",
-    "100.64.0.1": "carrier-grade NAT", "100.127.255.254": "carrier-grade NAT",
-    "224.0.0.1": "multicast", "ff02::1": "multicast",
-    "0.0.0.0": "unspecified", "::": "unspecified",
-    "240.0.0.1": "reserved", "255.255.255.255": "reserved",
-    "::ffff:127.0.0.1": "loopback", "::ffff:10.0.0.1": "private", "::ffff:169.254.169.254": "link-local",
-    "64:ff9b::a00:1": "private", "2002:a00:1::": "private",
-    "192.0.2.1": "", "198.18.0.1": "",  # documentation and benchmark ranges: not public either
+    "127.0.0.1": "Loopback", "127.8.9.10": "Loopback", "::1": "Loopback Address",
+    "10.1.2.3": "Private-Use", "172.16.5.4": "Private-Use", "192.168.1.1": "Private-Use", "fc00::1": "Unique-Local",
+    "169.254.169.254": "metadata service", "169.254.1.1": "Link Local", "fe80::1": "Link-Local Unicast",
+    "100.64.0.1": "Shared Address Space", "100.127.255.254": "Shared Address Space",
+    "224.0.0.1": "Multicast", "ff02::1": "Multicast",
+    "0.0.0.0": "This host on this network", "::": "Unspecified Address",
+    "240.0.0.1": "Reserved", "255.255.255.255": "Limited Broadcast",
+    "::ffff:127.0.0.1": "Loopback", "::ffff:10.0.0.1": "Private-Use", "::ffff:169.254.169.254": "metadata service",
+    "64:ff9b::a00:1": "Private-Use", "2002:a00:1::": "Private-Use",
+    "192.0.2.1": "Documentation (TEST-NET-1)", "198.18.0.1": "Benchmarking",
+    "192.0.0.192": "Oracle Cloud", "192.88.99.1": "6to4 Relay Anycast",
 }
 
 
@@ -60,11 +61,11 @@ def test_a_public_name_is_pinned_to_the_addresses_it_resolved_to():
 
 
 @pytest.mark.parametrize("url, message", [
-    ("http://metadata.example/latest/meta-data/", "link-local"),
+    ("http://metadata.example/latest/meta-data/", "metadata service"),
     ("http://split.example/cat.jpg", "10.0.0.7"),
-    ("http://mapped.example/cat.jpg", "private"),
-    ("http://169.254.169.254/latest/", "link-local"),
-    ("http://[::1]:8080/", "loopback"),
+    ("http://mapped.example/cat.jpg", "Private-Use"),
+    ("http://169.254.169.254/latest/", "metadata service"),
+    ("http://[::1]:8080/", "Loopback"),
     ("http://localhost/", "could not be found"),  # the fake resolver knows no localhost
     ("ftp://images.example/cat.jpg", "only http and https"),
     ("file:///etc/passwd", "only http and https"),
@@ -77,9 +78,9 @@ def test_refused_links_say_why(url, message):
 
 
 def test_a_redirect_from_a_public_to_a_private_address_is_refused():
-    with pytest.raises(URLRefused, match="private"):
+    with pytest.raises(URLRefused, match="Private-Use"):
         redirect_target("http://images.example/a.jpg", "http://split.example/b.jpg", FetchPolicy(), NAMES)
-    with pytest.raises(URLRefused, match="link-local"):
+    with pytest.raises(URLRefused, match="metadata service"):
         redirect_target("http://images.example/a.jpg", "//169.254.169.254/x", FetchPolicy(), NAMES)
     url, target = redirect_target("http://images.example/a/b.jpg", "../c.jpg", FetchPolicy(), NAMES)
     assert url == "http://images.example/c.jpg" and target.path == "/c.jpg"
@@ -168,7 +169,7 @@ def test_an_image_link_downloads_and_decodes(server):
 
 
 def test_without_the_flag_the_same_link_is_refused(server):
-    with pytest.raises(URLRefused, match="loopback"):
+    with pytest.raises(URLRefused, match="Loopback"):
         fetch_bytes(f"{server}/cat.png", FetchPolicy())
 
 

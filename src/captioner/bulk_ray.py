@@ -10,6 +10,7 @@ Ray is optional: `pip install -r requirements-ray.txt`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -29,6 +30,31 @@ PACKAGE_DIR = str(Path(__file__).resolve().parent)
 
 class RayUnavailable(CaptionError):
     """Ray is not installed, or the cluster cannot be reached."""
+
+
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY",
+                   "http_proxy", "https_proxy", "all_proxy", "no_proxy")
+CLOSED_PORT = "http://127.0.0.1:9"  # the discard port: nothing listens, a connection fails at once
+
+
+@contextlib.contextmanager
+def phoning_nowhere():
+    """While a local Ray starts, the processes it spawns (the head's dashboard process among them)
+    inherit HTTP(S) proxies that are a closed loopback port. Ray's usage-stats module asks the
+    cloud metadata services (169.254.169.254, metadata.google.internal) which cloud it runs on even
+    with usage stats off, and Ray has no switch for that; through the proxy the question fails on
+    loopback without a packet or a DNS lookup leaving the machine. Loopback stays direct."""
+    saved = {name: os.environ.get(name) for name in PROXY_VARIABLES}
+    os.environ.update({name: CLOSED_PORT for name in PROXY_VARIABLES if "no_proxy" not in name.lower()})
+    os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost,::1"
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def start_ray(address: str | None = None):
@@ -54,7 +80,11 @@ def start_ray(address: str | None = None):
             if address:
                 ray.init(address=address, **job)
             else:
-                ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1", **job)
+                # Workers get this process's own proxy settings back: their links and Hub
+                # downloads go out as the CLI's would; only Ray's own processes are guarded.
+                job["runtime_env"]["env_vars"].update({name: os.environ.get(name, "") for name in PROXY_VARIABLES})
+                with phoning_nowhere():
+                    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1", **job)
         except (ConnectionError, RuntimeError, ValueError) as error:
             raise RayUnavailable(f"cannot start or reach Ray at {address or 'a local cluster'}: {error}") from None
         if not address and ray.util.get_node_ip_address() != "127.0.0.1":

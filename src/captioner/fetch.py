@@ -2,10 +2,10 @@
 
 A URL someone else chose must not turn the server into a proxy into its own network (SSRF), nor
 hold a worker or memory without bound. So:
-- http and https only; the host is resolved once and every address it resolves to must be public
-  (loopback, private, link-local with the cloud metadata address, carrier-grade NAT, multicast,
-  reserved, unspecified are refused, in IPv4, IPv6 and IPv4-mapped IPv6). The connection goes to
-  an address that was checked, never through a second lookup that could be rebound;
+- http and https only; the host is resolved once and every address it resolves to must be globally
+  reachable by IANA's special-purpose registries and no cloud metadata service (addresses.py). The
+  connection goes to an address that was checked, never through a second lookup that could be
+  rebound;
 - each redirect is checked the same way, and there are at most a few;
 - the body is streamed with a size cap (a missing or false Content-Length changes nothing), under a
   connect timeout and a total deadline, and only a few fetches run at once;
@@ -28,12 +28,11 @@ from dataclasses import dataclass
 from typing import Callable
 from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 
+from .addresses import address_refusal
 from .errors import InvalidImage
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], list[str]]
-CARRIER_GRADE_NAT = ipaddress.ip_network("100.64.0.0/10")
-NAT64 = ipaddress.ip_network("64:ff9b::/96")
 REDIRECTS = (301, 302, 303, 307, 308)
 _slots = threading.BoundedSemaphore(4)  # fetches at once, per process
 log = logging.getLogger("captioner.fetch")
@@ -111,30 +110,6 @@ def _host(host: str) -> str:
     return ascii_host
 
 
-def address_refusal(address: Address) -> str | None:
-    """Why an address may not be fetched from, or None for a public one.
-
-    >>> address_refusal(ipaddress.ip_address("169.254.169.254"))
-    'link-local (where cloud metadata services live)'
-    """
-    if isinstance(address, ipaddress.IPv6Address):
-        embedded = address.ipv4_mapped or address.sixtofour or (
-            ipaddress.IPv4Address(int(address) & 0xFFFFFFFF) if address in NAT64 else None)
-        if embedded is not None:
-            return address_refusal(embedded)
-    checks = (
-        (address.is_unspecified, "unspecified"),
-        (address.is_loopback, "loopback"),
-        (address.is_link_local, "link-local (where cloud metadata services live)"),
-        (address in CARRIER_GRADE_NAT, "carrier-grade NAT"),
-        (address.is_multicast, "multicast"),
-        (address.is_reserved, "reserved"),
-        (address.is_private, "private"),
-        (not address.is_global, "non-public"),
-    )
-    return next((reason for refused, reason in checks if refused), None)
-
-
 def system_resolver(host: str, port: int) -> list[str]:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -168,7 +143,7 @@ def check_url(url: str, policy: FetchPolicy, resolver: Resolver = system_resolve
             reason = address_refusal(address)
             if reason:
                 shown = host if str(address) == host else f"{host} ({address})"
-                raise URLRefused(f"{shown} is a {reason} address: links to it are refused")
+                raise URLRefused(f"{shown} is {reason}: links to it are refused")
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     return Target(parts.scheme, host, port, path, tuple(addresses))
 
