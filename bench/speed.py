@@ -43,7 +43,7 @@ import time  # noqa: E402
 
 import torch  # noqa: E402
 
-from paths import App, BusyClients, Direct, ModelCard, build_checkpoint, build_images  # noqa: E402
+from paths import App, BusyClients, Direct, FreshBaseline, ModelCard, build_checkpoint, build_images  # noqa: E402
 from timing import RunningClock, Tally, batch_ends, steady_blocks  # noqa: E402
 
 def measure_latency(paths: list, tallies: dict[str, Tally], single: list[str], rounds: int) -> None:
@@ -174,20 +174,23 @@ def main() -> None:
     else:
         precisions = ["float32", "float16", "bfloat16"]
     batches = [args.max_batch_size] if on_cpu else [int(b) for b in args.gpu_batches.split(",")]
-    baseline = ModelCard(checkpoint, args.device)
-    paths: list = [baseline]
+    baseline = FreshBaseline(checkpoint, args.device)  # the model card's code as a user runs it
+    in_run = ModelCard(checkpoint, args.device)  # the same code inside this process: a reference
+    paths: list = [baseline, in_run]
     apps: list[App] = []
-    phases: dict[str, list] = {}  # precision -> its batched paths, measured together
+    phases: dict[str, list] = {}  # precision -> its paths, measured together
     try:
         for dtype in precisions:
             phases[dtype] = [Direct(checkpoint, args.device, dtype, batch) for batch in batches]
+            if dtype == "float32":
+                phases[dtype].insert(0, in_run)
             if on_cpu and not args.no_app:
                 app = App(checkpoint, dtype, args.max_batch_size, args.clients,
                           workdir / f"app-{dtype}.log", images[0])
                 app.pause()
                 apps.append(app)
                 phases[dtype].append(app)
-            paths.extend(phases[dtype])
+            paths.extend(p for p in phases[dtype] if p is not in_run)
         for path in paths:  # warm-up, outside every clock
             path.resume()
             path.warm_up(images)
@@ -202,15 +205,18 @@ def main() -> None:
     finally:
         for app in apps:
             app.close()
+        baseline.close()
 
     base = tallies[baseline.name]
     base.blocks = [(sum(t.blocks[i][0] for t in base_tallies.values()), sum(t.blocks[i][1] for t in base_tallies.values()))
                    for i in range(args.blocks)]
     base_of = {p.name: base_tallies[dtype] for dtype, phase_paths in phases.items() for p in phase_paths}
     base_of[baseline.name] = base
-    default_name = paths[1].name
+    default_name = next(p.name for p in paths if isinstance(p, Direct))
     rows = []
-    report: dict = {"machine": machine, "rounds": args.rounds, "turns": args.turns, "blocks": args.blocks, "runs": {}}
+    report: dict = {"machine": machine, "rounds": args.rounds, "turns": args.turns, "blocks": args.blocks,
+                    "baseline": "the model card's code in fresh processes of their own (bench/model_card.py)",
+                    "baseline_processes_s_per_image": [round(s, 4) for s in baseline.seconds_per_image()], "runs": {}}
     for path in paths:
         tally, path_base = tallies[path.name], base_of[path.name]
         row = {
@@ -257,6 +263,9 @@ def main() -> None:
             f"{_pct(r['agreement_with_default']):>6} {_num(r.get('peak_rss_mb')):>11} "
             f"{_num(r.get('cold_start_s'), 1):>6}  {_sizes(r['batch_sizes'])}"
         )
+    spread = baseline.seconds_per_image()
+    print(f"baseline: the model card's code in two fresh processes of their own, taking turns: "
+          f"{spread[0]:.3f} and {spread[1]:.3f} s an image (spread {100 * abs(spread[0] - spread[1]) / min(spread):.0f}%)")
     for name, r in rows:
         if "linear_kind" in r:
             print(f"{name}: linear layers on {r['linear_kind']}")

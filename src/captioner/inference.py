@@ -17,6 +17,7 @@ from typing import Iterator, Sequence
 import torch
 from PIL import Image
 
+from .batching import DynamicBatcher
 from .errors import ModelLoadError, RequestTooLarge
 from .images import DEFAULT_LIMITS, ImageInput, ImageLimits, load_image
 from .memory import release_free_memory
@@ -101,6 +102,8 @@ class Captioner:
         # time, on the model thread (model_thread.py); throughput comes from batching.
         self._lock = threading.Lock()
         self.generate_batch_sizes: collections.Counter[int] = collections.Counter()
+        self._batcher = DynamicBatcher(self._caption_batch_here, lambda: self.max_batch_size,
+                                       lambda settings: self._chunk_size(settings) == 1)
 
     @classmethod
     def from_pretrained(
@@ -179,10 +182,26 @@ class Captioner:
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:
-        """Hold the model: batches wait until the block ends. For tests and maintenance, e.g. to let
-        requests pile up in the app's queue and see them batched."""
-        with self._lock:
+        """Hold the model thread: requests wait until the block ends, then run in the batches they
+        form. For tests and maintenance, e.g. to let requests pile up and see them batched."""
+        holding, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            holding.set()
+            release.wait()
+
+        holder = threading.Thread(target=on_model_thread, args=(hold,), daemon=True)
+        holder.start()
+        holding.wait()
+        try:
             yield
+        finally:
+            release.set()
+            holder.join()
+
+    def waiting(self) -> int:
+        """Callers' chunks waiting for the model (see batching.py)."""
+        return self._batcher.waiting()
 
     def _as_rgb(self, image: ImageInput) -> Image.Image:
         if isinstance(image, Image.Image) and image.mode == "RGB":
@@ -196,7 +215,8 @@ class Captioner:
         return self.max_batch_size
 
     def _caption_batch(self, images: list[Image.Image], settings: CaptionSettings) -> list[list[Caption]]:
-        return on_model_thread(self._caption_batch_here, images, settings)
+        # Joins whatever other callers (threads, the app's doors) have waiting with the same settings.
+        return self._batcher.caption(images, settings)
 
     def _caption_batch_here(self, images: list[Image.Image], settings: CaptionSettings) -> list[list[Caption]]:
         with self._lock, torch.inference_mode():

@@ -9,11 +9,9 @@ from __future__ import annotations
 import collections
 import dataclasses
 import inspect
-import json
 import logging
 import tempfile
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -150,10 +148,8 @@ class CaptionService:
             except CaptionError as error:
                 results[index] = error
         if ready:
-            started = time.perf_counter()
+            # The Captioner logs each generate call (batching.py), with whatever else was waiting.
             captions = self.captioner.caption([r[1] for r in ready], [r[2] for r in ready])
-            # One JSON object a batch: readable in a Space's log, and parsed by bench/speed.py.
-            log.info(json.dumps({"batch": len(ready), "seconds": round(time.perf_counter() - started, 3)}))
             # Freed activations go back to the OS once the model is idle: RSS stays flat
             # (memory.py), and batches under load reuse the memory instead of faulting it in anew.
             when_model_idle(release_free_memory)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
 import gradio as gr
@@ -72,6 +73,19 @@ def _typed(function, first: inspect.Parameter, returns, summary: str, first_doc:
     return function
 
 
+def _fetched_or_error(fetch, url: str):
+    try:
+        return fetch(url)
+    except CaptionError as error:
+        return error
+
+
+def _unless_error(value):
+    if isinstance(value, CaptionError):
+        raise value
+    return value
+
+
 def make_tools(service: CaptionService, policy: FetchPolicy):
     """caption_image and caption_images, bound to the app's Captioner and its link policy."""
 
@@ -101,7 +115,10 @@ def make_tools(service: CaptionService, policy: FetchPolicy):
         settings = settings_of(values)
         if len(image_urls) > service.limits.max_images_per_request:
             raise gr.Error(f"{len(image_urls)} links at once; the limit is {service.limits.max_images_per_request}")
-        results = service.caption_each(len(image_urls), lambda i: (fetch(image_urls[i]), settings))
+        # Fetched a few at once (fetch.py caps them); the images then meet in one batch.
+        with ThreadPoolExecutor(4, thread_name_prefix="captioner-fetch") as pool:
+            fetched = list(pool.map(_fetched_or_error, [fetch] * len(image_urls), image_urls))
+        results = service.caption_each(len(image_urls), lambda i: (_unless_error(fetched[i]), settings))
         return [f"Could not caption this image: {r}" if isinstance(r, CaptionError) else format_captions(r)
                 for r in results]
 

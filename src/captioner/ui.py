@@ -102,14 +102,18 @@ def build_demo(captioner: Captioner, limits: AppLimits = AppLimits()) -> gr.Bloc
         )
         caption_button.click(**caption_event, api_name="caption")
         examples.load_input_event.then(**caption_event, api_visibility="private")
+        # Link handlers fetch (four at a time, fetch.py) and then wait for the model, where the
+        # Captioner's dynamic batcher puts concurrent requests into one batch (batching.py). Two
+        # batches' worth may be in flight, one running and one filling: with only one, the
+        # requests settle into two half batches that take turns.
+        links = dict(concurrency_limit=2 * limits.max_batch_size, concurrency_id="links")
         link.submit(
             lambda url: save_url(url, image.fetch_policy, image.GRADIO_CACHE) if url.strip() else None,
-            inputs=[link], outputs=[image], concurrency_limit=4, concurrency_id="links", api_visibility="private",
+            inputs=[link], outputs=[image], api_visibility="private", **links,
         )
         for tool in make_tools(service, limits.fetch_policy()):
-            # Tools for agents (MCP) and link-holding API clients; their model work still goes
-            # through the Captioner one batch at a time.
-            gr.api(tool, api_name=tool.__name__, concurrency_limit=4, concurrency_id="links")
+            # Tools for agents (MCP) and link-holding API clients.
+            gr.api(tool, api_name=tool.__name__, **links)
         many_button.click(
             service.caption_many,
             inputs=[files, *setting_inputs],
