@@ -38,6 +38,7 @@ _check_gradio_environment()
 from captioner import Captioner, CaptionError  # noqa: E402
 from captioner.cli import PRECISION_HELP  # noqa: E402
 from captioner.inference import PRECISIONS  # noqa: E402
+from captioner.accessibility import page_options  # noqa: E402
 from captioner.ui import AppLimits, build_demo  # noqa: E402
 
 
@@ -86,6 +87,7 @@ def create_demo(args: argparse.Namespace):
 def launch_options(limits: AppLimits, host: str, port: int | None, mcp: bool = True) -> dict:
     """launch() settings for a public deployment; the tests launch with these too."""
     return dict(
+        **page_options(),  # theme, focus ring, announcements (captioner/accessibility.py)
         server_name=host, server_port=port, max_file_size=f"{limits.max_file_mb}mb",
         mcp_server=mcp,  # the caption tools for agents at /gradio_api/mcp/
         show_error=False,  # visitors see our messages (gr.Error), never internal exception text

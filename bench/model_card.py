@@ -4,7 +4,8 @@ This is how a user who does not use this project captions photos: the example fr
 nlpconnect/vit-gpt2-image-captioning's model card, run with stock transformers in a fresh Python
 process (its own threads, its own allocator; nothing else loaded). bench/speed.py starts two of
 these, sends one image path a line on stdin and reads one JSON line a caption, and pauses them
-(SIGSTOP) between their turns.
+(SIGSTOP) between their turns. bench/peers.py sends several paths a line (tab-separated): the
+model card's `predict_step` takes a list, so that is stock transformers' batched generate.
 
     python bench/model_card.py CHECKPOINT DEVICE MAX_LENGTH
 """
@@ -41,8 +42,8 @@ def main() -> None:
 
     print("ready", flush=True)
     for line in sys.stdin:
-        (caption,), new_tokens = predict_step([line.rstrip("\n")])
-        print(json.dumps({"caption": caption, "new_tokens": new_tokens}), flush=True)
+        captions, new_tokens = predict_step(line.rstrip("\n").split("\t"))
+        print(json.dumps({"caption": captions[0], "captions": captions, "new_tokens": new_tokens}), flush=True)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost,::1"
 import contextlib
 import http.server
 import io
+import shutil
 import signal
 import subprocess
 import sys
@@ -121,6 +122,12 @@ def running_app(captioner, tiny_checkpoint):
 
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
+# Debian's Chromium, driven by Playwright (its own browser download is not used).
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
 
 
 def wait_until_waiting(jobs, timeout=60):

@@ -2,20 +2,14 @@
 
 import http.server
 import os
-import shutil
 
 import pytest
 
 from captioner.ui import example_photos
-from conftest import encode, photo, serve_on_loopback
+from conftest import CHROMIUM, CHROMIUM_ARGS, encode, photo, serve_on_loopback
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 import csv
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -17,7 +16,7 @@ from captioner import CaptionSettings, load_image
 from captioner.bulk import Item, caption_batches
 from captioner.cli import main
 from captioner.exports import spreadsheet_safe, spreadsheet_unsafe, write_downloads
-from conftest import SRC, encode, kill_once_written, photo, run_cli
+from conftest import encode, kill_once_written, photo, run_cli
 from reference import ModelCardReference
 
 

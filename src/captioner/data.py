@@ -15,27 +15,22 @@ Formats, detected from what `--data` holds:
 - TextCaps: its JSON (`TextCaps_0.1_train.json`), a `data` list of one caption per entry;
   images (`image_path` or `image_name`.jpg) looked up as for COCO (`train_images/`...).
 
-Images are not decoded here: a COCO-sized folder is ready in seconds. An image that fails to decode
+The caption files (imagefolder, COCO, TextCaps, Flickr) are read by annotations.py; Parquet and Hub
+datasets here. Images are not decoded here: a COCO-sized folder is ready in seconds. An image that fails to decode
 is skipped when training reaches it (training.py), and counted there.
 """
 
 from __future__ import annotations
 
 import collections
-import csv
-import io
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import CaptionError, require
+from .annotations import DatasetError, coco, flickr, imagefolder, shown
+from .errors import require
 from .images import image_cell
-
-
-class DatasetError(CaptionError):
-    """The data folder is missing, empty, or in no format we know."""
 
 
 @dataclass(frozen=True)
@@ -162,77 +157,26 @@ def _detect(path: Path, image_column: str, text_column: str) -> tuple[str, list[
         return "parquet", _table_rows(table, image_column, text_column, parquet[0].name, parquet[0].parent)
     if path.is_file():
         if path.suffix == ".json":
-            return "coco", _coco(path)
+            return "coco", coco(path)
         if ".token" in path.name:
-            return "flickr", _flickr(path)
+            return "flickr", flickr(path)
         if path.name in ("metadata.jsonl", "metadata.csv"):
-            return "imagefolder", _imagefolder(path)
+            return "imagefolder", imagefolder(path)
         raise DatasetError(f"'{path}' is not a COCO or TextCaps JSON, a Flickr token file or a metadata file")
     for name in ("metadata.jsonl", "metadata.csv"):
         if (path / name).is_file():
-            return "imagefolder", _imagefolder(path / name)
-    coco = sorted(path.glob("captions_*.json")) + sorted(path.glob("annotations/captions_*.json"))
-    coco += sorted(path.glob("TextCaps_*.json"))
-    if coco:
-        return "coco", _coco(coco[0])
+            return "imagefolder", imagefolder(path / name)
+    found = sorted(path.glob("captions_*.json")) + sorted(path.glob("annotations/captions_*.json"))
+    found += sorted(path.glob("TextCaps_*.json"))
+    if found:
+        return "coco", coco(found[0])
     tokens = sorted(p for p in path.glob("*.token*") if p.is_file())
     if tokens:
-        return "flickr", _flickr(tokens[0])
+        return "flickr", flickr(tokens[0])
     raise DatasetError(
         f"'{path}' holds no metadata.jsonl / metadata.csv, captions_*.json, TextCaps_*.json, "
         "Flickr *.token.txt or *.parquet"
     )
-
-
-def _imagefolder(metadata: Path) -> list[Row]:
-    root = metadata.parent
-    rows: list[Row] = []
-    if metadata.suffix == ".jsonl":
-        for number, line in enumerate(_read_text(metadata).splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                record = None
-            if not isinstance(record, dict):
-                rows.append((None, "", f"{metadata.name}:{number} (not a JSON object)"))
-                continue
-            rows.append(_folder_row(root, record, f"{metadata.name}:{number}"))
-        return rows
-    reader = csv.DictReader(io.StringIO(_read_text(metadata), newline=""))
-    columns = reader.fieldnames or []
-    if "file_name" not in columns or not {"text", "caption"} & set(columns):
-        raise DatasetError(f"{metadata} needs the columns file_name and text (it has: {', '.join(map(_shown, columns)) or 'none'})")
-    try:
-        for number, record in enumerate(reader, 2):
-            rows.append(_folder_row(root, record, f"{metadata.name}:{reader.line_num}"))
-    except csv.Error as error:
-        raise DatasetError(f"{metadata} line {reader.line_num}: not valid CSV ({error})") from None
-    return rows
-
-
-def _shown(name) -> str:
-    """A column name as found, control characters escaped: a message stays one line."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(name))
-
-
-def _read_text(path: Path) -> str:
-    """A data file's text; one that cannot be read is one line naming it."""
-    try:
-        return path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise DatasetError(f"{path} is not UTF-8 text (byte {error.start})") from None
-    except OSError as error:
-        raise DatasetError(f"cannot read {path}: {error.strerror or error}") from None
-
-
-def _folder_row(root: Path, record: dict, where: str) -> Row:
-    name = record.get("file_name")
-    text = record.get("text")
-    if text is None:
-        text = record.get("caption") or ""
-    return ((root / name) if isinstance(name, str) and name else None, text, where)
 
 
 def _hub_table(name: str, split: str):
@@ -253,7 +197,7 @@ def _table_rows(table, image_column: str, text_column: str, where: str, folder: 
 
     missing = [c for c in (image_column, text_column) if c not in table.column_names]
     if missing:
-        raise DatasetError(f"{where} has no column '{missing[0]}' (it has: {', '.join(map(_shown, table.column_names))}); "
+        raise DatasetError(f"{where} has no column '{missing[0]}' (it has: {', '.join(map(shown, table.column_names))}); "
                            "name the columns with --image-column and --text-column")
     if isinstance(table.features[image_column], datasets.Image):
         table = table.cast_column(image_column, datasets.Image(decode=False))
@@ -270,88 +214,3 @@ def _table_rows(table, image_column: str, text_column: str, where: str, folder: 
     return [(TableImage(name or f"{where} row {i}", i, table, image_column, folder), text, f"{where} row {i}")
             for i, (name, text) in enumerate(zip(names, texts))]
 
-
-def _coco(annotations: Path) -> list[Row]:
-    try:
-        data = json.loads(_read_text(annotations))
-    except json.JSONDecodeError as error:
-        raise DatasetError(f"{annotations} is not valid JSON: {error.msg} at line {error.lineno}, "
-                           f"column {error.colno}") from None
-    if isinstance(data, dict) and isinstance(data.get("data"), list) and "annotations" not in data:
-        return _textcaps(annotations, data["data"])
-    if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
-        raise DatasetError(f"{annotations} is not COCO captions (an object with 'images' and 'annotations' "
-                           "lists) or TextCaps (an object with a 'data' list)")
-    names = {image["id"]: image["file_name"] for image in _records(data.get("images"))
-             if _is_key(image.get("id")) and isinstance(image.get("file_name"), str)}
-    folders = _candidate_folders(annotations.parent)
-    rows: list[Row] = []
-    found: dict[str, Path | None] = {}  # COCO has five captions an image: look each up once
-    for number, annotation in enumerate(data["annotations"]):
-        if not isinstance(annotation, dict):
-            rows.append((None, "", f"{annotations.name} annotation {number} (not an object)"))
-            continue
-        if annotation.get("is_rejected") or annotation.get("is_precanned"):
-            continue  # VizWiz-Captions: captions its annotators rejected or wrote from a template
-        key = annotation.get("image_id")
-        name = names.get(key) if _is_key(key) else None
-        if name and name not in found:
-            found[name] = _find(folders, name)
-        image = found.get(name) if name else None
-        rows.append((image, annotation.get("caption", ""), f"{annotations.name} id {annotation.get('id')}"))
-    return rows
-
-
-def _records(value) -> list[dict]:
-    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
-
-
-def _is_key(value) -> bool:
-    return isinstance(value, (int, str)) and not isinstance(value, bool)
-
-
-def _textcaps(annotations: Path, entries: list) -> list[Row]:
-    folders = _candidate_folders(annotations.parent)
-    rows: list[Row] = []
-    for number, entry in enumerate(entries):
-        if not isinstance(entry, dict):
-            rows.append((None, "", f"{annotations.name} entry {number} (not an object)"))
-            continue
-        names = [str(entry[k]) for k in ("image_path", "image_name") if entry.get(k)]
-        names += [Path(names[0]).name] if names else []
-        names += [f"{entry['image_name']}.jpg"] if entry.get("image_name") else []
-        image = next(filter(None, (_find(folders, name) for name in names)), None)
-        rows.append((image, entry.get("caption_str", ""), f"{annotations.name} entry {number}"))
-    return rows
-
-
-def _flickr(tokens: Path) -> list[Row]:
-    folders = _candidate_folders(tokens.parent)
-    rows: list[Row] = []
-    for number, line in enumerate(_read_text(tokens).splitlines(), 1):
-        if not line.strip():
-            continue
-        key, _, caption = line.partition("\t")
-        name = key.split("#")[0].strip()
-        rows.append((_find(folders, name) if name else None, caption, f"{tokens.name}:{number}"))
-    return rows
-
-
-def _candidate_folders(start: Path) -> list[Path]:
-    folders = [start, start.parent]
-    for base in (start, start.parent):
-        try:
-            folders += sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
-        except OSError:
-            pass  # a folder we may not list holds no images we could read either
-    return list(dict.fromkeys(folders))
-
-
-def _find(folders: list[Path], name: str) -> Path | None:
-    for index, folder in enumerate(folders):
-        candidate = folder / name
-        if candidate.is_file():
-            # A dataset's images are nearly all in one folder: look there first next time.
-            folders.insert(0, folders.pop(index))
-            return candidate
-    return None

@@ -13,6 +13,7 @@ from typing import Any
 
 import gradio as gr
 
+from .accessibility import ANNOUNCE_CAPTION_JS
 from .components import RANDOM_SEED, CaptionImage, SettingNumber, SettingRadio, SettingSlider, save_url
 from .gradio_queue import adapt_gradio, can_unbatch_validators
 from .images import IMAGE_SUFFIXES
@@ -29,6 +30,23 @@ describes everyday scenes in one short sentence; it often repeats words, guesses
 nothing after 2017, and carries COCO's biases (for example in how it names people's gender and
 activities). Treat its captions as drafts, especially as alt text.
 """
+
+
+# What each example shows (examples/README.md): the example buttons' names for screen readers.
+EXAMPLE_LABELS = {
+    "astronaut": "Astronaut Eileen Collins", "cat": "Chelsea the cat", "coffee": "A cup of coffee",
+    "rocket": "Falcon 9 rocket launch",
+}
+
+
+def example_label(path: str) -> str:
+    stem = Path(path).stem
+    return EXAMPLE_LABELS.get(stem, stem.replace("-", " ").replace("_", " ").capitalize())
+
+
+def captioned_gallery(files: list[str] | None, table: list[list[str]] | None) -> list[tuple[str, str]]:
+    """The many-images tab's photos, each with its caption (or why it has none) as its alt text."""
+    return [(path, row[1]) for path, row in zip(files or [], table or []) if len(row) > 1]
 
 
 def example_photos() -> list[str]:
@@ -66,8 +84,10 @@ def build_demo(captioner: Captioner, limits: AppLimits = AppLimits()) -> gr.Bloc
                         interactive=False,
                     )
                     controls = _settings_controls(defaults)
+            photos = example_photos()
             examples = gr.Examples(
-                examples=[[p] for p in example_photos()], inputs=[image], label="Example photos",
+                examples=[[p] for p in photos], inputs=[image], label="Example photos",
+                example_labels=[example_label(p) for p in photos],  # each button's name, read aloud
                 examples_per_page=12,
             )
         with gr.Tab("Many images"):
@@ -80,8 +100,11 @@ def build_demo(captioner: Captioner, limits: AppLimits = AppLimits()) -> gr.Bloc
             )
             many_button = gr.Button("Caption all", variant="primary", elem_id="many-button")
             table = gr.Dataframe(
-                headers=["file", "caption"], label="Captions", interactive=False, elem_id="many-table"
+                headers=["file", "caption"], label="Captions", interactive=False, elem_id="many-table", type="array",
             )
+            # The photos with their captions as their alternative text: the tool's own output, used as it is meant.
+            gallery = gr.Gallery(label="Captioned images", elem_id="many-gallery", columns=6, height=320,
+                                 object_fit="contain", interactive=False)
             with gr.Row():
                 csv_file = gr.File(label="CSV", elem_id="many-csv")
                 jsonl_file = gr.File(label="JSON lines", elem_id="many-jsonl")
@@ -121,7 +144,10 @@ def build_demo(captioner: Captioner, limits: AppLimits = AppLimits()) -> gr.Bloc
             concurrency_limit=1,
             concurrency_id="model",
             api_name="caption_many",
-        )
+        ).then(captioned_gallery, inputs=[files, table], outputs=[gallery], queue=False, api_visibility="private")
+        # Each caption is also read out when it arrives (a live region; accessibility.py).
+        caption_box.change(None, inputs=[caption_box], outputs=None, js=ANNOUNCE_CAPTION_JS, queue=False,
+                           api_visibility="private")
     demo.queue(max_size=limits.queue_size, default_concurrency_limit=1, api_open=False)
     demo.gradio_changes = adapt_gradio(demo)
     demo.queue_finds_work = demo.gradio_changes["queue loop"]

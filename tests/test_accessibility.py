@@ -1,0 +1,139 @@
+"""The page passes the accessibility checks it exists to serve: axe-core (WCAG 2.0-2.2, A and AA)
+on every state a visitor meets, a caption and an error announced, alt text from the captions, and
+the whole caption flow with the keyboard alone, in headless Debian Chromium."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from captioner.ui import example_photos
+from conftest import CHROMIUM, CHROMIUM_ARGS, photo
+
+pytestmark = pytest.mark.browser
+WCAG = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "wcag22a", "wcag22aa"]
+
+
+def axe_source() -> str:
+    import axe_playwright_python  # requirements-dev.txt pins it: axe-core 4.12.1 as axe.min.js
+
+    return (Path(axe_playwright_python.__file__).parent / "axe.min.js").read_text()
+
+
+def violations(page) -> list[str]:
+    page.wait_for_timeout(300)  # let transitions settle (contrast is measured on what is drawn)
+    if not page.evaluate("typeof axe !== 'undefined'"):
+        page.add_script_tag(content=axe_source())
+    result = page.evaluate("tags => axe.run(document, {runOnly: {type: 'tag', values: tags}})", WCAG)
+    return [f"{v['id']} ({v['impact']}): {[n['target'] for n in v['nodes']]} {v['nodes'][0]['failureSummary']}"
+            for v in result["violations"]]
+
+
+@pytest.fixture
+def page(running_app):
+    from playwright.sync_api import sync_playwright
+
+    assert os.path.exists(CHROMIUM), "install Debian's chromium (the README's test command does)"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1280, "height": 1100})
+        context.grant_permissions(["clipboard-read", "clipboard-write"], origin=running_app.url.rstrip("/"))
+        page = context.new_page()
+        page.goto(running_app.url)
+        page.wait_for_selector("#caption-button", timeout=60_000)
+        yield page
+        browser.close()
+
+
+def caption_text(page, previous=""):
+    page.wait_for_function(
+        "prev => { const v = document.querySelector('#caption textarea').value; return v && v !== prev; }",
+        arg=previous, timeout=60_000)
+    return page.locator("#caption textarea").input_value()
+
+
+def test_no_violations_on_the_first_tab_before_and_after_a_caption_and_an_error(page, captioner):
+    assert violations(page) == [], "page as loaded"
+    page.locator("#settings").get_by_text("Generation settings").click()
+    page.wait_for_selector("#max-length", state="visible")
+    assert violations(page) == [], "settings open"
+    page.click("#caption-button")  # no photo yet: an error
+    page.wait_for_selector('[data-testid="toast-body"], .validation-error', timeout=30_000)
+    assert violations(page) == [], "after an error"
+    page.locator("#photo input[type=file]").set_input_files(example_photos()[0])
+    page.wait_for_selector("#photo img", timeout=30_000)
+    page.click("#caption-button")
+    caption_text(page)
+    assert violations(page) == [], "after a caption"
+
+
+def test_no_violations_on_the_many_images_tab_and_captions_are_the_alt_text(page, captioner, tmp_path):
+    page.get_by_role("tab", name="Many images").click()
+    page.wait_for_selector("#many-button", state="visible")
+    assert violations(page) == [], "many-images tab"
+    paths = []
+    for seed in range(2):
+        photo(seed).save(tmp_path / f"p{seed}.png")
+        paths.append(str(tmp_path / f"p{seed}.png"))
+    page.locator("#many-files input[type=file]").set_input_files(paths)
+    page.wait_for_timeout(500)
+    page.click("#many-button")
+    page.wait_for_selector("#many-gallery img", timeout=60_000)
+    expected = [c[0].text for c in captioner.caption(paths)]
+    alts = page.locator("#many-gallery img").evaluate_all("images => images.map(i => i.alt)")
+    assert sorted(set(alts)) == sorted(set(expected))
+    assert violations(page) == [], "many-images tab with results"
+
+
+def test_a_caption_and_an_error_are_announced(page, captioner):
+    page.click("#caption-button")  # no photo: the error is read out at once
+    page.wait_for_function("() => document.querySelector('#error-announcer')?.textContent.includes('photo')",
+                           timeout=30_000)
+    alert = page.locator("#error-announcer")
+    assert alert.get_attribute("role") == "alert" and alert.get_attribute("aria-live") == "assertive"
+    page.locator("#photo input[type=file]").set_input_files(example_photos()[1])
+    page.wait_for_selector("#photo img", timeout=30_000)
+    page.click("#caption-button")
+    text = caption_text(page)
+    assert text == captioner.caption([example_photos()[1]])[0][0].text
+    page.wait_for_function("t => document.querySelector('#caption-announcer').textContent === 'Caption: ' + t",
+                           arg=text, timeout=10_000)
+    status = page.locator("#caption-announcer")
+    assert status.get_attribute("role") == "status" and status.get_attribute("aria-live") == "polite"
+
+
+def tab_to(page, selector: str, limit: int = 80) -> list[str]:
+    """Press Tab until the focused element matches `selector`; returns what was passed on the way.
+    Each stop must show a focus ring."""
+    passed = []
+    for _ in range(limit):
+        page.keyboard.press("Tab")
+        here = page.evaluate("""s => { const e = document.activeElement; const st = getComputedStyle(e);
+            return {match: e.matches(s), name: e.getAttribute('aria-label') || e.innerText || e.tagName,
+                    ring: st.outlineStyle !== 'none' && parseFloat(st.outlineWidth) >= 2}; }""", selector)
+        passed.append(here["name"])
+        if here["match"]:
+            assert here["ring"], f"no visible focus ring on {selector}"
+            return passed
+    raise AssertionError(f"Tab never reached {selector}; passed {passed}")
+
+
+def test_the_caption_flow_with_the_keyboard_alone(page, captioner):
+    tab_to(page, '#photo button[aria-label*="upload" i]')
+    with page.expect_file_chooser() as chooser:
+        page.keyboard.press("Enter")
+    chooser.value.set_files(example_photos()[2])
+    page.wait_for_selector("#photo img", timeout=30_000)
+    tab_to(page, "#caption-button")
+    page.keyboard.press("Enter")
+    text = caption_text(page)
+    assert text == captioner.caption([example_photos()[2]])[0][0].text
+    tab_to(page, '#caption button[aria-label*="copy" i], #caption button[title*="copy" i]')
+    page.keyboard.press("Enter")
+    assert page.evaluate("navigator.clipboard.readText()") == text
+    tab_to(page, "#settings button, #settings [role=button]")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#max-length", state="visible", timeout=10_000)
+    # The examples have names a screen reader can say.
+    names = page.locator("button.gallery-item").evaluate_all("bs => bs.map(b => b.innerText.trim())")
+    assert names and all(names), names
