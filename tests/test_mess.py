@@ -53,7 +53,7 @@ def test_messy_folder_each_image_once_in_every_format_and_after_resume(tiny_chec
 @pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
 def test_messy_folder_killed_mid_run_then_resumed_gives_each_image_once(tiny_checkpoint, tmp_path, suffix):
     root = tmp_path / "disk"
-    good, bad = messy_folder(root, copies=16)
+    good, bad = messy_folder(root, copies=10)
     out = tmp_path / f"captions{suffix}"
     written = out.with_name(out.name + ".partial.jsonl") if suffix == ".parquet" else out
     command = [sys.executable, "-m", "captioner", "caption", "--model", str(tiny_checkpoint), "--output", str(out),

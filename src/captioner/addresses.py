@@ -141,14 +141,16 @@ def address_refusal(address: Address) -> str | None:
     """Why a link may not be fetched from `address`, or None for a globally reachable one.
 
     >>> address_refusal(ipaddress.ip_address("192.0.0.192"))
-    "Oracle Cloud Infrastructure's instance metadata service"
+    "Oracle Cloud Infrastructure's instance metadata service, in 192.0.0.0/24, IETF Protocol Assignments"
     >>> address_refusal(ipaddress.ip_address("10.1.2.3"))
     'in 10.0.0.0/8, Private-Use'
     >>> address_refusal(ipaddress.ip_address("93.184.216.34")) is None
     True
     """
     if address in METADATA:
-        return METADATA[address]
+        block = block_of(address)
+        inside = f", in {block.network}, {block.name}" if block and not block.reachable else ""
+        return METADATA[address] + inside
     if isinstance(address, ipaddress.IPv6Address):
         if address.scope_id:
             address = ipaddress.IPv6Address(str(address).split("%")[0])
