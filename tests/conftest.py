@@ -82,6 +82,25 @@ def serve_on_loopback(handler):
         httpd.shutdown()
 
 
+def files_handler(files: dict[str, bytes]):
+    """A request handler serving `files` (path -> body) and 404 for anything else."""
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = files.get(self.path)
+            if body is None:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    return Handler
+
+
 def free_port() -> int:
     import socket
 

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from captioner import CaptionSettings
-from conftest import RunningApp, encode, photo, serve_on_loopback
+from conftest import RunningApp, encode, files_handler, photo, serve_on_loopback
 
 
 def wait_for(condition, timeout=60):
@@ -86,30 +86,12 @@ def test_a_seeded_sample_runs_alone(captioner):
 PHOTOS = {f"/{i}.png": encode(photo(50 + i)) for i in range(8)}
 
 
-class Photos:
-    def __init__(self, *args):
-        import http.server
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                body = PHOTOS[self.path]
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.handler = Handler
-
-
 @pytest.fixture(scope="module")
 def intranet(captioner, running_app):
     from captioner.service import AppLimits
 
     app = RunningApp(captioner, AppLimits(allow_private_urls=True))
-    with serve_on_loopback(Photos().handler) as images:
+    with serve_on_loopback(files_handler(PHOTOS)) as images:
         yield app, images
     app.close()
 

@@ -3,37 +3,20 @@ over MCP, against an image server of the test's own on 127.0.0.1 (links to it ne
 allow_private_urls, which is how an intranet deployment would run)."""
 
 import asyncio
-import http.server
 import json
 
 import pytest
 from gradio_client import handle_file
 
 from captioner.service import AppLimits
-from conftest import RunningApp, encode, photo, run_cli, serve_on_loopback
+from conftest import RunningApp, encode, files_handler, photo, run_cli, serve_on_loopback
 
 IMAGES = {"/cat.png": encode(photo(31)), "/dog.jpg": encode(photo(32), "JPEG"), "/page.png": b"<html>no</html>"}
 
 
-class Handler(http.server.BaseHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-    def do_GET(self):
-        body = IMAGES.get(self.path)
-        if body is None:
-            self.send_error(404)
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", "image/png")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-
 @pytest.fixture(scope="module")
 def images_server():
-    with serve_on_loopback(Handler) as url:
+    with serve_on_loopback(files_handler(IMAGES)) as url:
         yield url
 
 
