@@ -256,3 +256,41 @@ def test_a_metadata_csv_without_its_columns_says_which_it_has(tmp_path):
     (tmp_path / "metadata.csv").write_text("image,description\na.png,a cat\n")
     with pytest.raises(CaptionError, match=r"metadata.csv needs the columns file_name and text \(it has: image, description\)"):
         load_dataset(tmp_path)
+
+
+def test_a_missing_optional_package_names_the_requirements_file_that_brings_it(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "datasets" else real(name, *a))
+    (tmp_path / "train.parquet").write_bytes(b"PAR1")
+    with pytest.raises(CaptionError, match=r"^Training on Parquet needs the datasets package: "
+                                           r"pip install -r requirements-train.txt$"):
+        load_dataset(tmp_path)
+
+
+def test_train_takes_its_model_from_captioner_model_like_every_other_command(tiny_checkpoint, tmp_path, monkeypatch):
+    from captioner.training import TrainConfig, load_model_for_training
+
+    monkeypatch.setenv("CAPTIONER_MODEL", str(tiny_checkpoint))
+    model, _, _ = load_model_for_training(TrainConfig(output=str(tmp_path / "out")))
+    assert model.config.encoder.hidden_size == json.loads((tiny_checkpoint / "config.json").read_text())["encoder"]["hidden_size"]
+    monkeypatch.setenv("CAPTIONER_MODEL", str(tmp_path / "no-such-model"))
+    with pytest.raises(CaptionError, match="model directory '.*no-such-model' does not exist"):
+        load_model_for_training(TrainConfig(output=str(tmp_path / "out")))
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--max-file-mb", "0", "argument --max-file-mb: must be an integer from 1 to 1024; got 0"),
+    ("--port", "70000", "argument --port: must be an integer from 1 to 65535; got 70000"),
+])
+def test_app_py_as_a_person_starts_it_answers_a_typo_in_one_line(flag, value, message):
+    import subprocess
+    import sys
+
+    from conftest import SRC
+
+    root = Path(SRC).parent
+    done = subprocess.run([sys.executable, str(root / "app.py"), flag, value], cwd=root, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr == f"app.py: error: {message} (see --help)\n"
