@@ -3,12 +3,10 @@ disk. One bad item is that item's error row and the run goes on; every image get
 in every output format and through --resume."""
 
 import errno
-import http.server
 import json
 import os
 import subprocess
 import sys
-import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -16,7 +14,7 @@ import pytest
 from captioner import exports
 from captioner.cli import main
 from captioner.fetch import FetchPolicy, URLRefused, fetch_bytes, normalise_url
-from conftest import SRC, encode, kill_once_written, photo, serve_on_loopback
+from conftest import SRC, encode, files_handler, kill_once_written, photo, serve_on_loopback
 from messy import RAW_NAME, assert_each_once, messy_folder, read_rows
 
 @pytest.mark.parametrize("name", ["captions.jsonl", "captions.csv", "captions.parquet", "metadata.jsonl",
@@ -146,25 +144,12 @@ def test_a_full_disk_stops_the_run_keeps_the_rows_and_says_resume(tiny_checkpoin
     assert_each_once(read_rows(out), good, bad)
 
 
-class PhotoByName(http.server.BaseHTTPRequestHandler):
-    """Serves a photo at a path with spaces and non-ASCII, as a browser would request it."""
-
-    def do_GET(self):
-        if urllib.parse.unquote(self.path) != "/café ☕ photo.png?size=large&q=a b":
-            self.send_error(404)
-            return
-        body = encode(photo(3))
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
+# A photo at a path with spaces and non-ASCII, served only at the address a browser requests.
+PHOTO_BY_NAME = files_handler({"/caf%C3%A9%20%E2%98%95%20photo.png?size=large&q=a%20b": encode(photo(3))})
 
 
 def test_a_link_pasted_from_the_address_bar_is_fetched_and_captioned(tiny_checkpoint, tmp_path, capsys):
-    with serve_on_loopback(PhotoByName) as base:
+    with serve_on_loopback(PHOTO_BY_NAME) as base:
         pasted = f"  {base}/café ☕ photo.png?size=large&q=a b#section\n"
         assert fetch_bytes(pasted, FetchPolicy(allow_private=True)) == encode(photo(3))
         out = tmp_path / "rows.jsonl"
@@ -218,7 +203,7 @@ def test_connection_failures_are_sentences_not_library_text():
     with pytest.raises(URLRefused) as refused:
         fetch_bytes(f"http://127.0.0.1:{port}/x.png", FetchPolicy(allow_private=True))
     assert str(refused.value) == "could not connect to 127.0.0.1: the connection was refused"
-    with serve_on_loopback(PhotoByName) as base:  # plain HTTP spoken to as TLS
+    with serve_on_loopback(PHOTO_BY_NAME) as base:  # plain HTTP spoken to as TLS
         with pytest.raises(URLRefused) as tls:
             fetch_bytes(base.replace("http://", "https://") + "/x.png", FetchPolicy(allow_private=True))
     assert str(tls.value) == "could not connect to 127.0.0.1: the secure (TLS) connection failed"

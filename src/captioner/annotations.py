@@ -10,7 +10,7 @@ import io
 import json
 from pathlib import Path
 
-from .errors import CaptionError
+from .errors import CaptionError, one_line
 
 
 class DatasetError(CaptionError):
@@ -39,18 +39,13 @@ def imagefolder(metadata: Path) -> list[FileRow]:
     reader = csv.DictReader(io.StringIO(read_text(metadata), newline=""))
     columns = reader.fieldnames or []
     if "file_name" not in columns or not {"text", "caption"} & set(columns):
-        raise DatasetError(f"{metadata} needs the columns file_name and text (it has: {', '.join(map(shown, columns)) or 'none'})")
+        raise DatasetError(f"{metadata} needs the columns file_name and text (it has: {', '.join(map(one_line, columns)) or 'none'})")
     try:
         for number, record in enumerate(reader, 2):
             rows.append(_folder_row(root, record, f"{metadata.name}:{reader.line_num}"))
     except csv.Error as error:
         raise DatasetError(f"{metadata} line {reader.line_num}: not valid CSV ({error})") from None
     return rows
-
-
-def shown(name) -> str:
-    """A column name as found, control characters escaped: a message stays one line."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(name))
 
 
 def read_text(path: Path) -> str:

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Callable, NoReturn
 
-from .errors import CaptionError
+from .errors import CaptionError, one_line
 from .model_source import check_source
 from .settings import BOUNDS, INT_FIELDS
 
@@ -27,8 +27,7 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         # An argument holding a newline (or any control character) must not split the line.
-        line = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
-        self.exit(2, f"{self.prog}: error: {line} (see --help)\n")
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see --help)\n")
 
 
 def _fmt(bound: float) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -12,7 +11,7 @@ from typing import Sequence
 
 from .arguments import MAX_FILE_MB, MAX_MEGAPIXELS, Parser, integer, model_source, number, output_file, output_folder, setting
 from .bulk_cli import add_bulk_arguments, check_arguments, run_caption
-from .errors import CaptionError, require
+from .errors import CaptionError, one_line, require
 from .images import DEFAULT_LIMITS
 from .settings import DEFAULT_SETTINGS, STRATEGIES, CaptionSettings
 
@@ -45,8 +44,7 @@ def add_image_limit_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def image_limits_from_arguments(args: argparse.Namespace):
-    return dataclasses.replace(DEFAULT_LIMITS, max_file_bytes=args.max_file_mb * 2**20,
-                               max_pixels=args.max_megapixels * 1_000_000)
+    return DEFAULT_LIMITS.with_caps(args.max_file_mb, args.max_megapixels)
 
 
 def add_precision_argument(parser: argparse.ArgumentParser) -> None:
@@ -228,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.handler(args)
     except CaptionError as error:
         # One line, whatever the message quotes (a file name or a column may hold a newline).
-        print("error: " + "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(error)), file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         # `... | head`: the reader left; say nothing more and leave quietly.

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .annotations import DatasetError, coco, flickr, imagefolder, shown
-from .errors import require
+from .annotations import DatasetError, coco, flickr, imagefolder
+from .errors import one_line, require
 from .images import image_cell
 
 
@@ -197,7 +197,7 @@ def _table_rows(table, image_column: str, text_column: str, where: str, folder: 
 
     missing = [c for c in (image_column, text_column) if c not in table.column_names]
     if missing:
-        raise DatasetError(f"{where} has no column '{missing[0]}' (it has: {', '.join(map(shown, table.column_names))}); "
+        raise DatasetError(f"{where} has no column '{missing[0]}' (it has: {', '.join(map(one_line, table.column_names))}); "
                            "name the columns with --image-column and --text-column")
     if isinstance(table.features[image_column], datasets.Image):
         table = table.cast_column(image_column, datasets.Image(decode=False))

@@ -31,6 +31,16 @@ class RequestTooLarge(CaptionError):
     """A request asks for more work than the configured limits allow."""
 
 
+def one_line(text: object) -> str:
+    """`text` on one line: a newline or any control character it quotes (a file name, a column, an
+    argument) is shown as its escape.
+
+    >>> one_line("bad\\nname")
+    'bad\\\\nname'
+    """
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
 class MissingPackage(CaptionError):
     """An optional package a feature needs is not installed; the message names what brings it."""
 

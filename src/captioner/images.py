@@ -14,6 +14,7 @@ Decisions (see README, "What images are accepted"):
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import os
@@ -46,6 +47,10 @@ class ImageLimits:
     max_pixels: int = 50_000_000  # refused above this: 150 MB of RGB, a decompression bomb
     reduce_above_pixels: int = 16_000_000  # decoded small and shrunk above this
     reduced_max_side: int = 2048
+
+    def with_caps(self, max_file_mb: int, max_megapixels: int) -> ImageLimits:
+        """These limits with an operator's --max-file-mb and --max-megapixels (the app and the CLI)."""
+        return dataclasses.replace(self, max_file_bytes=max_file_mb * 1024 * 1024, max_pixels=max_megapixels * 1_000_000)
 
 
 DEFAULT_LIMITS = ImageLimits()

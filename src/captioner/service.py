@@ -72,11 +72,7 @@ class CaptionService:
     def __init__(self, captioner: Captioner, limits: AppLimits) -> None:
         self.captioner = captioner
         self.limits = limits
-        self.image_limits = dataclasses.replace(
-            captioner.image_limits,
-            max_file_bytes=limits.max_file_mb * 1024 * 1024,
-            max_pixels=limits.max_megapixels * 1_000_000,
-        )
+        self.image_limits = captioner.image_limits.with_caps(limits.max_file_mb, limits.max_megapixels)
         self._decode_slots = threading.BoundedSemaphore(limits.decode_workers)
         self.image_input: CaptionImage | None = None  # set by build_demo: turns raw payloads into paths
         # batch size -> batches the queue formed (bounded, unlike a list, on a server that runs for weeks)
