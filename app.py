@@ -15,11 +15,13 @@ from pathlib import Path
 # Spaces does not install the project: make src/ importable from a plain checkout.
 sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
 
-from captioner.memory import tune_malloc  # noqa: E402
+from captioner.engine.memory import tune_malloc  # noqa: E402
 
 tune_malloc()  # before torch and gradio start threads: keeps a long-running server's RSS flat
 
-from captioner.arguments import MAX_FILE_MB, MAX_MEGAPIXELS, Parser, from_env, integer, model_source, port  # noqa: E402
+from captioner.arguments import (  # noqa: E402
+    MAX_FILE_MB, MAX_MEGAPIXELS, MODEL_HELP, Parser, add_precision_argument, from_env, integer, model_source, port,
+)
 
 
 def _check_gradio_environment() -> None:
@@ -36,23 +38,20 @@ def _check_gradio_environment() -> None:
 _check_gradio_environment()
 
 from captioner import Captioner, CaptionError  # noqa: E402
-from captioner.cli import PRECISION_HELP  # noqa: E402
-from captioner.inference import PRECISIONS  # noqa: E402
-from captioner.accessibility import page_options  # noqa: E402
-from captioner.ui import AppLimits, build_demo  # noqa: E402
+from captioner.app.accessibility import page_options  # noqa: E402
+from captioner.app.ui import AppLimits, build_demo  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Every flag (and the environment variable behind it) is checked here: a mistake is one line
     naming it, and exit 2, before the model loads."""
     parser = Parser(prog="app.py", description="Image captioning demo")
-    parser.add_argument("--model", type=model_source, default=from_env("CAPTIONER_MODEL", None),
-                        help="Hub id or local checkpoint directory (default: $CAPTIONER_MODEL, then the model card's)")
+    parser.add_argument("--model", type=model_source, default=from_env("CAPTIONER_MODEL", None), help=MODEL_HELP)
     parser.add_argument("--host", default=from_env("GRADIO_SERVER_NAME", "127.0.0.1"))
     parser.add_argument("--port", type=port, default=from_env("GRADIO_SERVER_PORT", 7860),
                         help=f"{port.allowed} (default 7860, or $GRADIO_SERVER_PORT)")
     parser.add_argument("--share", action="store_true", help="ask Gradio for a temporary public link")
-    parser.add_argument("--dtype", default=from_env("CAPTIONER_DTYPE", "float32"), choices=PRECISIONS, help=PRECISION_HELP)
+    add_precision_argument(parser, default=from_env("CAPTIONER_DTYPE", "float32"))
     limit = AppLimits()
     for flag, variable, kind, default, help_text in (
         ("--max-batch-size", "CAPTIONER_MAX_BATCH_SIZE", integer(1, 256), limit.max_batch_size, "images per model call"),

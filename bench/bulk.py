@@ -41,7 +41,7 @@ import psutil  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from captioner import Captioner, load_image  # noqa: E402
-from captioner.checkpoints import save_random_checkpoint  # noqa: E402
+from captioner.engine.random_models import save_random_checkpoint  # noqa: E402
 from paths import SETTINGS, build_checkpoint  # noqa: E402
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "RAY_USAGE_STATS_ENABLED": "0"}

@@ -33,13 +33,12 @@ def loopback_client(url: str):
     """A gradio_client Client for an app on this machine, as cheap on the shared CPU as it can be.
 
     The URL is plain http on loopback, so there is no TLS to verify: ssl_verify=False only stops
-    gradio_client from building a CA-loaded TLS context for every HTTP call it makes, which cost
-    about 0.15 s of CPU per request on this 2-core machine, taken from the server under test.
+    gradio_client from building a CA-loaded TLS context for every HTTP call it makes, CPU that
+    would be taken from the server under test on a 2-core machine.
 
     Each HTTP call may take up to a minute instead of httpx's 5 s: bench/speed.py stops the
     clients and the server together (SIGSTOP) while it measures other paths, and a timeout counts
-    the stopped seconds too. On the AMD EPYC, 2026-12-03, where a turn of the other paths took
-    about 5 s, uploads caught by a stop timed out at the server's next turn.
+    the stopped seconds too, so an upload caught by a stop would time out at the server's next turn.
     """
     from gradio_client import Client
 
@@ -53,10 +52,8 @@ class PageProtocolClient:
 
     gradio_client does the same over HTTP, but its reader looks for new messages every 50 ms
     (gradio_client.utils.stream_sse_v1plus), and each request also starts a thread that checks for
-    cancellation every 50 ms: about 40 ms of a full-size single request on the AMD EPYC
-    (2026-12-03, scratch: 825 ms through gradio_client against 783 ms this way, in-handler caption
-    780 ms; medians of 10). The page's EventSource hands on each message as it arrives. In
-    bench/speed.py's runs that day the difference did not stand out of the machine's noise.
+    cancellation every 50 ms, which adds to every request it times. The page's EventSource hands
+    on each message as it arrives, and so does this client.
     """
 
     def __init__(self, url: str, api_name: str = "caption") -> None:
@@ -201,7 +198,7 @@ def launch_app(app_args: list[str], log_path: Path | None = None, timeout_s: flo
 
 
 def start_app(size: str, queue_size: int) -> tuple[subprocess.Popen, str, tempfile.TemporaryDirectory]:
-    from captioner.checkpoints import save_random_checkpoint
+    from captioner.engine.random_models import save_random_checkpoint
 
     workdir = tempfile.TemporaryDirectory()
     checkpoint = save_random_checkpoint(Path(workdir.name) / "model", size, seed=0)

@@ -1,4 +1,5 @@
-"""The paths bench/speed.py times: the model card's code, Captioner.caption, and app.py under load.
+"""The paths bench/speed.py times: the model card's code in this process, Captioner.caption, and
+app.py under load (the baseline in fresh processes of its own is in baseline.py).
 
 Each has caption_one (latency), warm_up, pause and resume; the batched ones caption_batch too.
 """
@@ -26,8 +27,8 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from captioner import Captioner, CaptionSettings  # noqa: E402
-from captioner.checkpoints import save_random_checkpoint  # noqa: E402
-from captioner.model_thread import on_model_thread  # noqa: E402
+from captioner.engine.random_models import save_random_checkpoint  # noqa: E402
+from captioner.engine.model_thread import on_model_thread  # noqa: E402
 
 NEW_TOKENS = 16
 SETTINGS = CaptionSettings(max_length=NEW_TOKENS + 1, num_beams=4)  # max_length counts the start token
@@ -61,84 +62,6 @@ def build_images(directory: Path, count: int) -> list[str]:
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-
-
-class ModelCardProcess:
-    """The model card's code in a fresh process of its own (bench/model_card.py), one image at a
-    time, stock transformers, fp32: what a user runs instead of this project."""
-
-    batched = False
-
-    def __init__(self, checkpoint: Path, device: str) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / "bench" / "model_card.py"), str(checkpoint), device, str(NEW_TOKENS + 1)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        )
-        if self.process.stdout.readline().strip() != "ready":
-            raise SystemExit("bench/model_card.py did not start")
-        self.seconds: list[float] = []
-
-    def caption_one(self, path: str) -> str:
-        began = time.perf_counter()
-        self.process.stdin.write(path + "\n")
-        self.process.stdin.flush()
-        answer = json.loads(self.process.stdout.readline())
-        self.seconds.append(time.perf_counter() - began)
-        assert answer["new_tokens"] == NEW_TOKENS, f"captions must be exactly {NEW_TOKENS} new tokens"
-        return answer["caption"]
-
-    def pause(self) -> None:
-        self.process.send_signal(signal.SIGSTOP)  # its idle OpenMP threads must not spin in others' turns
-
-    def resume(self) -> None:
-        self.process.send_signal(signal.SIGCONT)
-
-    def close(self) -> None:
-        self.resume()
-        self.process.kill()
-        self.process.wait(timeout=60)
-
-
-class FreshBaseline:
-    """The baseline: the model card's code as a user runs it, in processes of their own. Two are
-    started, and the baseline's turns alternate between them, so the spread between two fresh
-    processes shows next to the result."""
-
-    name = "baseline: model card code, fresh process, fp32"
-    batched = False
-
-    def __init__(self, checkpoint: Path, device: str) -> None:
-        self.processes = [ModelCardProcess(checkpoint, device) for _ in range(2)]
-        self.pause()
-        self.turn = 0
-
-    def caption_one(self, path: str) -> str:
-        process = self.processes[self.turn % 2]
-        self.turn += 1
-        process.resume()
-        try:
-            return process.caption_one(path)
-        finally:
-            process.pause()
-
-    def warm_up(self, images: list[str]) -> None:
-        for _ in self.processes:
-            self.caption_one(images[0])
-        for process in self.processes:
-            process.seconds.clear()
-
-    def seconds_per_image(self) -> list[float]:
-        return [sum(p.seconds) / len(p.seconds) if p.seconds else float("nan") for p in self.processes]
-
-    def pause(self) -> None:
-        for process in self.processes:
-            process.pause()
-
-    def resume(self) -> None: ...  # each process is let run for its own request only
-
-    def close(self) -> None:
-        for process in self.processes:
-            process.close()
 
 
 class ModelCard:

@@ -43,7 +43,9 @@ import time  # noqa: E402
 
 import torch  # noqa: E402
 
-from paths import App, BusyClients, Direct, FreshBaseline, ModelCard, build_checkpoint, build_images  # noqa: E402
+from baseline import FreshBaseline  # noqa: E402
+from report import agreement, machine_name, number_text, percent, rounded, sizes_text  # noqa: E402
+from paths import App, BusyClients, Direct, ModelCard, build_checkpoint, build_images  # noqa: E402
 from timing import RunningClock, Tally, batch_ends, steady_blocks  # noqa: E402
 
 def measure_latency(paths: list, tallies: dict[str, Tally], single: list[str], rounds: int) -> None:
@@ -137,11 +139,6 @@ def measure_throughput(baseline: ModelCard, paths: list, tallies: dict[str, Tall
                     if name == baseline.name or any(p.name == name for p in paths)), flush=True)
 
 
-def agreement(a: list[str], b: list[str]) -> float | None:
-    pairs = list(zip(a, b))
-    return sum(x == y for x, y in pairs) / len(pairs) if pairs else None
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -165,7 +162,7 @@ def main() -> None:
     checkpoint = build_checkpoint(workdir, args.size)
     images = build_images(workdir, args.images)
     single = images[: args.single]
-    machine = _machine(args.device)
+    machine = machine_name(args.device)
     print(f"machine: {machine}; torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
 
     on_cpu = args.device == "cpu"
@@ -234,7 +231,7 @@ def main() -> None:
             "batch_sizes": dict(sorted(tally.batch_sizes.items(), reverse=True)),
         }
         if isinstance(path, Direct):
-            row["linear_kind"] = path.captioner.speedups.linear_kind  # native kernel, oneDNN or int8
+            row["linear_kind"] = path.captioner.engine.speedups.linear_kind  # native kernel, oneDNN or int8
         if isinstance(path, App):
             row.update(peak_rss_mb=peak_rss[path.name], cold_start_s=path.cold_start_s)
             direct = next(tallies[p.name] for p in paths if isinstance(p, Direct) and p.dtype == path.dtype)
@@ -250,7 +247,7 @@ def main() -> None:
                 app_overhead_page_latency=page_latency_s / direct.latency_s - 1,
             )
         rows.append((path.name, row))
-        report["runs"][path.name] = _rounded(row)
+        report["runs"][path.name] = rounded(row)
 
     print()
     print(f"{'run':<50} {'images/s':>8} {'x base':>6} {'per block':>16} {'latency s':>9} {'x base':>6} "
@@ -259,9 +256,9 @@ def main() -> None:
         per_block = " ".join(f"{x:.2f}" for x in r["throughput_x_baseline_per_block"])  # nan: nothing ended there
         print(
             f"{name:<50} {r['images_per_s']:>8.2f} {r['throughput_x_baseline']:>6.2f} {per_block:>16} "
-            f"{r['latency_s']:>9.3f} {r['latency_x_baseline']:>6.2f} {_pct(r['equal_to_baseline']):>6} "
-            f"{_pct(r['agreement_with_default']):>6} {_num(r.get('peak_rss_mb')):>11} "
-            f"{_num(r.get('cold_start_s'), 1):>6}  {_sizes(r['batch_sizes'])}"
+            f"{r['latency_s']:>9.3f} {r['latency_x_baseline']:>6.2f} {percent(r['equal_to_baseline']):>6} "
+            f"{percent(r['agreement_with_default']):>6} {number_text(r.get('peak_rss_mb')):>11} "
+            f"{number_text(r.get('cold_start_s'), 1):>6}  {sizes_text(r['batch_sizes'])}"
         )
     spread = baseline.seconds_per_image()
     print(f"baseline: the model card's code in two fresh processes of their own, taking turns: "
@@ -277,39 +274,8 @@ def main() -> None:
             print(f"{name}: one request sent as the app's page sends it (no gradio_client): "
                   f"{r['page_latency_s']:.3f} s, {r['page_latency_x_baseline']:.2f} x baseline, "
                   f"adds {100 * r['app_overhead_page_latency']:.0f}% over Captioner.caption; "
-                  f"captions = baseline {_pct(r['page_equal_to_baseline'])}")
+                  f"captions = baseline {percent(r['page_equal_to_baseline'])}")
     print(json.dumps(report))
-
-
-def _rounded(value):
-    """For the JSON line: floats to 4 places, and None for a block with nothing measured in it."""
-    if isinstance(value, float):
-        return round(value, 4) if value == value else None
-    if isinstance(value, list):
-        return [_rounded(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _rounded(v) for k, v in value.items()}
-    return value
-
-
-def _pct(value) -> str:
-    return "" if value is None else f"{100 * value:.0f}%"
-
-
-def _num(value, digits: int = 0) -> str:
-    return "" if value is None else f"{value:.{digits}f}"
-
-
-def _sizes(sizes: dict[int, int]) -> str:
-    return " ".join(f"{size}x{n}" for size, n in sizes.items())
-
-
-def _machine(device: str) -> str:
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name()
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), "CPU")
-    return f"{model}, {os.cpu_count()} cores"
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from captioner.exports import path_from_text, spreadsheet_unsafe
-from conftest import encode, photo
+from helpers import encode, photo
 
 # A name from an old camera, a Windows share or a zip file: bytes that are not UTF-8.
 RAW_NAME = os.fsdecode(b"caf\xe9 \xff photo.jpg")

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from captioner.ui import example_photos
-from conftest import CHROMIUM, CHROMIUM_ARGS, photo
+from captioner.app.ui import example_photos
+from helpers import CHROMIUM, CHROMIUM_ARGS, photo
 
 pytestmark = pytest.mark.browser
 WCAG = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "wcag22a", "wcag22aa"]

@@ -9,8 +9,8 @@ import pytest
 from gradio_client import handle_file
 
 from captioner import CaptionSettings
-from captioner.ui import example_photos
-from conftest import encode, photo, wait_until_waiting
+from captioner.app.ui import example_photos
+from helpers import encode, import_app, photo, wait_until_waiting
 
 
 @pytest.fixture(scope="module")
@@ -38,27 +38,27 @@ def test_importing_app_exposes_demo_without_serving(running_app):
 
 
 def test_the_running_queue_sleeps_until_work_arrives_instead_of_polling(running_app, monkeypatch):
-    from captioner import gradio_queue
+    from captioner.app import gradio_changes
 
     queue = running_app.demo._queue  # the queue launch() serves with, not a copy
     assert running_app.demo.queue_finds_work == "woken by work"
     assert queue.progress_update_sleep_when_free >= 1.0
     waits = []
-    stock_wait = gradio_queue._WorkSignal.wait
+    stock_wait = gradio_changes._WorkSignal.wait
 
     async def counted_wait(self):
         waits.append(time.monotonic())
         await stock_wait(self)
 
-    monkeypatch.setattr(gradio_queue._WorkSignal, "wait", counted_wait)
+    monkeypatch.setattr(gradio_changes._WorkSignal, "wait", counted_wait)
     time.sleep(2.0)  # idle: stock gradio looks for work 2000 times in this, at 20 ms 100 times
-    assert len(waits) <= 2.0 / gradio_queue.WAKE_CHECK_S + 2
+    assert len(waits) <= 2.0 / gradio_changes.WAKE_CHECK_S + 2
 
 
 def test_a_request_to_an_idle_queue_starts_at_once_not_at_the_next_check(running_app, client, photo_file, monkeypatch):
-    from captioner import gradio_queue
+    from captioner.app import gradio_changes
 
-    monkeypatch.setattr(gradio_queue, "WAKE_CHECK_S", 30.0)  # only a wake-up can start it in time
+    monkeypatch.setattr(gradio_changes, "WAKE_CHECK_S", 30.0)  # only a wake-up can start it in time
     path = photo_file(3)
     client.predict(handle_file(str(path)), api_name="/caption")  # the loop now waits with the long timeout
     time.sleep(0.2)
@@ -69,10 +69,10 @@ def test_a_request_to_an_idle_queue_starts_at_once_not_at_the_next_check(running
 
 
 def test_the_monitoring_summary_is_not_rebuilt_after_every_request(running_app, client, photo_file, monkeypatch):
-    from captioner import gradio_queue
+    from captioner.app import gradio_changes
 
     queue = running_app.demo._queue
-    assert queue.ANAYLTICS_CACHE_FREQUENCY == gradio_queue.ANALYTICS_SUMMARY_EVERY
+    assert queue.ANAYLTICS_CACHE_FREQUENCY == gradio_changes.ANALYTICS_SUMMARY_EVERY
     rebuilds = []
     stock_get_df = type(queue)._get_df
 
@@ -96,20 +96,20 @@ def test_the_monitoring_summary_is_not_rebuilt_after_every_request(running_app, 
 
 
 def test_another_gradio_keeps_its_own_loop_and_polls_every_20_ms(captioner, monkeypatch):
-    from captioner import gradio_queue
-    from captioner.ui import build_demo
+    from captioner.app import gradio_changes
+    from captioner.app.ui import build_demo
 
-    monkeypatch.setattr(gradio_queue, "_STOCK_LOOP_SHA256", "the source of some other gradio's loop")
+    monkeypatch.setattr(gradio_changes, "_STOCK_LOOP_SHA256", "the source of some other gradio's loop")
     demo = build_demo(captioner)
     assert demo.queue_finds_work == "polled every 20 ms"
-    assert demo._queue.sleep_when_free == gradio_queue.QUEUE_POLL_S == 0.02
+    assert demo._queue.sleep_when_free == gradio_changes.QUEUE_POLL_S == 0.02
     assert "start_processing" not in vars(demo._queue)  # gradio's own method, untouched
 
 
 def test_each_change_to_gradio_reports_its_path_and_falls_back(captioner, monkeypatch):
     from gradio import queueing
 
-    from captioner.ui import build_demo
+    from captioner.app.ui import build_demo
 
     changes = build_demo(captioner).gradio_changes
     assert changes == {"validators": "unbatched", "queue loop": "woken by work",
@@ -220,7 +220,7 @@ def test_data_url_images_respect_the_size_limit(client):
 
 
 def test_command_line_limits_reach_the_service(tiny_checkpoint):
-    import app as app_module
+    app_module = import_app(tiny_checkpoint)
 
     args = app_module.parse_args(["--model", str(tiny_checkpoint), "--max-megapixels", "5", "--max-file-mb", "3"])
     demo, limits = app_module.create_demo(args)

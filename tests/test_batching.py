@@ -9,7 +9,7 @@ import time
 import pytest
 
 from captioner import CaptionSettings
-from conftest import RunningApp, encode, files_handler, photo, serve_on_loopback
+from helpers import RunningApp, encode, files_handler, photo, serve_on_loopback
 
 
 def wait_for(condition, timeout=60):
@@ -88,7 +88,7 @@ PHOTOS = {f"/{i}.png": encode(photo(50 + i)) for i in range(8)}
 
 @pytest.fixture(scope="module")
 def intranet(captioner, running_app):
-    from captioner.service import AppLimits
+    from captioner.app.service import AppLimits
 
     app = RunningApp(captioner, AppLimits(allow_private_urls=True))
     with serve_on_loopback(files_handler(PHOTOS)) as images:
@@ -116,7 +116,7 @@ def test_eight_agents_over_mcp_are_answered_in_one_batch(intranet, captioner, ca
 
     alone = [captioner.caption([load_image(PHOTOS[path])])[0][0].text for path in PHOTOS]
     captioner.generate_batch_sizes.clear()
-    caplog.set_level("INFO", logger="captioner.batching")
+    caplog.set_level("INFO", logger="captioner.engine.batching")
     answers = []
     with captioner.paused():
         caller = threading.Thread(target=lambda: answers.extend(asyncio.run(call_tools(f"{app.url}gradio_api/mcp/", links))))
@@ -125,5 +125,5 @@ def test_eight_agents_over_mcp_are_answered_in_one_batch(intranet, captioner, ca
     caller.join(timeout=120)
     assert answers == alone  # exact: each equals its single-request caption
     assert dict(captioner.generate_batch_sizes) == {8: 1}
-    logged = [record.getMessage() for record in caplog.records if record.name == "captioner.batching"]
+    logged = [record.getMessage() for record in caplog.records if record.name == "captioner.engine.batching"]
     assert any('"batch": 8, "requests": 8' in line for line in logged), logged

@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-from captioner.ui import example_photos
-from conftest import CHROMIUM, CHROMIUM_ARGS, encode, photo, serve_on_loopback
+from captioner.app.ui import example_photos
+from helpers import CHROMIUM, CHROMIUM_ARGS, encode, photo, serve_on_loopback
 
 pytestmark = pytest.mark.browser
 
@@ -97,8 +97,8 @@ def paste_link(page, url):
 
 
 def test_a_pasted_image_link_is_captioned_and_a_private_one_refused(page, running_app, captioner):
-    from captioner.ui import AppLimits
-    from conftest import RunningApp
+    from captioner.app.ui import AppLimits
+    from helpers import RunningApp
 
     with serve_on_loopback(OnePhoto) as server:
         # The public app (the Space's settings) refuses a loopback link, says why, and goes on.

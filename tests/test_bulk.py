@@ -13,10 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from captioner import CaptionSettings, load_image
-from captioner.bulk import Item, caption_batches
+from captioner.bulk.pipeline import Item, caption_batches
 from captioner.cli import main
 from captioner.exports import spreadsheet_safe, spreadsheet_unsafe, write_downloads
-from conftest import encode, kill_once_written, photo, run_cli
+from helpers import dataset_file, encode, kill_once_written, photo, run_cli
 from reference import ModelCardReference
 
 
@@ -206,14 +206,6 @@ def test_metadata_file_must_sit_above_every_image(tiny_checkpoint, folder, capsy
     assert "must sit in a folder that holds every image" in capsys.readouterr().err and not metadata.exists()
 
 
-def dataset_file(path: Path, count: int = 7) -> Path:
-    images = [{"bytes": encode(photo(i)), "path": f"img{i}.png"} for i in range(count)]
-    images[3] = {"bytes": b"corrupt bytes", "path": "bad.png"}
-    table = pa.table({"id": list(range(100, 100 + count)), "image": images})
-    pq.write_table(table, path, row_group_size=3)
-    return path
-
-
 def test_parquet_dataset_in_parquet_out_with_a_caption_column(captioner, tiny_checkpoint, tmp_path):
     source = dataset_file(tmp_path / "train-00000.parquet")
     out = tmp_path / "captioned.parquet"
@@ -335,7 +327,7 @@ class RecordingCaptioner:
 
 
 def test_images_decode_ahead_of_the_model(captioner, folder, monkeypatch):
-    import captioner.bulk as bulk
+    import captioner.bulk.pipeline as bulk
 
     fake = RecordingCaptioner(captioner)
     real_decode = bulk.decode

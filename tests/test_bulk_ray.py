@@ -14,22 +14,23 @@ import sys
 import pytest
 
 from captioner.cli import main
-from conftest import SRC, photo
+from helpers import SRC, photo
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def local_ray():
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    # Without this, Ray on Linux turns 127.0.0.1 into the machine's network address.
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    # Ray's workers inherit this process's environment: let them import the package as it does.
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")]))
-    import ray
+    with pytest.MonkeyPatch.context() as environment:  # put back for the modules after this one
+        environment.setenv("RAY_USAGE_STATS_ENABLED", "0")
+        # Without this, Ray on Linux turns 127.0.0.1 into the machine's network address.
+        environment.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        # Ray's workers inherit this process's environment: let them import the package as it does.
+        environment.setenv("PYTHONPATH", os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")])))
+        import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
-    assert {node["NodeManagerAddress"] for node in ray.nodes()} == {"127.0.0.1"}, "Ray left loopback"
-    yield ray
-    ray.shutdown()
+        ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+        assert {node["NodeManagerAddress"] for node in ray.nodes()} == {"127.0.0.1"}, "Ray left loopback"
+        yield ray
+        ray.shutdown()
 
 
 @pytest.fixture
@@ -71,7 +72,7 @@ def test_ray_resume_skips_what_is_done_and_several_captions_match(local_ray, tin
 def test_ray_parquet_dataset_equals_the_single_process_run(local_ray, tiny_checkpoint, tmp_path):
     import pyarrow.parquet as pq
 
-    from test_bulk import dataset_file
+    from helpers import dataset_file
 
     source = tmp_path / "data"
     source.mkdir()
@@ -102,7 +103,7 @@ def test_cli_starts_its_own_local_ray(tiny_checkpoint, images, tmp_path):
 
 @pytest.mark.slow
 def test_the_clis_local_ray_listens_on_loopback_only(tmp_path):
-    probe = ("from captioner.bulk_ray import start_ray; import psutil, os; ray, _ = start_ray(); "
+    probe = ("from captioner.bulk.ray_data import start_ray; import psutil, os; ray, _ = start_ray(); "
              "print(ray.util.get_node_ip_address()); "
              "print(sorted({c.laddr.ip for p in psutil.process_iter() if 'ray' in ' '.join(p.cmdline() or []) "
              "for c in p.net_connections('inet') if c.status == 'LISTEN'}))")

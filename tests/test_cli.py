@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from captioner.cli import main
-from conftest import photo, run_cli
+from helpers import photo, run_cli
 from reference import ModelCardReference
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from captioner import InvalidImage, load_image
 from captioner.fetch import FetchPolicy, URLRefused, address_refusal, check_url, fetch_bytes, redirect_target
-from conftest import encode, photo, serve_on_loopback
+from helpers import encode, photo, serve_on_loopback
 
 PUBLIC = ["93.184.216.34", "8.8.8.8", "1.1.1.1", "2606:4700:4700::1111", "2001:4860:4860::8888"]
 REFUSED = {

@@ -16,10 +16,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from captioner import Captioner
-from captioner.cli import SCHEDULERS, main
-from captioner.data import load_dataset
+from captioner.cli import main
+from captioner.train.cli import SCHEDULERS
+from captioner.train.data import load_dataset
 from captioner.errors import CaptionError
-from conftest import encode, photo
+from helpers import encode, photo
 
 EVERYDAY_TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=12)
 NUMBERS = st.sampled_from(["0", "1", "2", "-1", "3.5", "1e3", "nan", "inf", "", " 4 ", "abc", "0x10", "9" * 30])
@@ -270,7 +271,7 @@ def test_a_missing_optional_package_names_the_requirements_file_that_brings_it(t
 
 
 def test_train_takes_its_model_from_captioner_model_like_every_other_command(tiny_checkpoint, tmp_path, monkeypatch):
-    from captioner.training import TrainConfig, load_model_for_training
+    from captioner.train.training import TrainConfig, load_model_for_training
 
     monkeypatch.setenv("CAPTIONER_MODEL", str(tiny_checkpoint))
     model, _, _ = load_model_for_training(TrainConfig(output=str(tmp_path / "out")))
@@ -288,7 +289,7 @@ def test_app_py_as_a_person_starts_it_answers_a_typo_in_one_line(flag, value, me
     import subprocess
     import sys
 
-    from conftest import SRC
+    from helpers import SRC
 
     root = Path(SRC).parent
     done = subprocess.run([sys.executable, str(root / "app.py"), flag, value], cwd=root, capture_output=True,

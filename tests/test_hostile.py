@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings as hyp_settings, strategies 
 from PIL import Image
 
 from captioner import CaptionSettings, InvalidImage, InvalidSettings, load_image
-from captioner.ui import AppLimits
-from conftest import RunningApp, encode, photo, wait_until_waiting
+from captioner.app.ui import AppLimits
+from helpers import RunningApp, encode, photo, wait_until_waiting
 
 
 def _exif_rotated():

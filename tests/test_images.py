@@ -3,7 +3,7 @@ import pytest
 from PIL import Image
 
 from captioner import ImageLimits, InvalidImage, load_image
-from conftest import encode, photo
+from helpers import encode, photo
 
 
 def rgb_at(image, xy):

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from captioner import CaptionSettings, Captioner, ModelLoadError
-from conftest import photo
+from helpers import photo
 from reference import ModelCardReference
 
 BEAM = CaptionSettings()
@@ -155,7 +155,7 @@ def test_a_sped_up_model_keeps_no_mapping_of_its_checkpoint(tiny_checkpoint, tmp
     # the replaced ones resident (speedups.own_weights).
     import shutil
 
-    from captioner import native as native_kernel
+    from captioner.engine import native as native_kernel
 
     monkeypatch.setenv(native_kernel.SWITCH_ENV_VAR, native)
     native_kernel.linear_kernel.cache_clear()  # it reads the switch once per process
@@ -175,7 +175,7 @@ def test_the_log_has_no_false_warning_about_padding_for_a_batch_of_images(captio
 
     from transformers.utils import logging as transformers_logging
 
-    from captioner import inference
+    from captioner.engine import inference
 
     generation_log = logging.getLogger("transformers.generation.utils")
     records: list[str] = []

@@ -8,8 +8,8 @@ import json
 import pytest
 from gradio_client import handle_file
 
-from captioner.service import AppLimits
-from conftest import RunningApp, encode, files_handler, photo, run_cli, serve_on_loopback
+from captioner.app.service import AppLimits
+from helpers import RunningApp, encode, files_handler, photo, run_cli, serve_on_loopback
 
 IMAGES = {"/cat.png": encode(photo(31)), "/dog.jpg": encode(photo(32), "JPEG"), "/page.png": b"<html>no</html>"}
 

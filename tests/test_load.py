@@ -9,7 +9,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 from load import run_load  # noqa: E402
 
-from captioner.ui import example_photos  # noqa: E402
+from captioner.app.ui import example_photos  # noqa: E402
 
 
 @pytest.mark.slow

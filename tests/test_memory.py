@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from captioner.memory import tune_malloc
+from captioner.engine.memory import tune_malloc
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt exists only on Linux")
@@ -14,7 +14,7 @@ def test_glibc_accepts_the_allocator_settings():
 
 HOLES = """
 import os
-from captioner.memory import release_free_memory
+from captioner.engine.memory import release_free_memory
 
 def rss_mb():
     return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -41,7 +41,7 @@ def test_freed_memory_in_the_middle_of_the_heap_goes_back_to_the_os():
     import os
     import subprocess
 
-    from conftest import SRC
+    from helpers import SRC
 
     result = subprocess.run([sys.executable, "-c", HOLES], capture_output=True, text=True, timeout=60,
                             env={**os.environ, "PYTHONPATH": SRC})

@@ -14,7 +14,7 @@ import pytest
 from captioner import exports
 from captioner.cli import main
 from captioner.fetch import FetchPolicy, URLRefused, fetch_bytes, normalise_url
-from conftest import SRC, encode, files_handler, kill_once_written, photo, serve_on_loopback
+from helpers import SRC, encode, files_handler, kill_once_written, photo, serve_on_loopback
 from messy import RAW_NAME, assert_each_once, messy_folder, read_rows
 
 @pytest.mark.parametrize("name", ["captions.jsonl", "captions.csv", "captions.parquet", "metadata.jsonl",

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from captioner import Captioner, CaptionSettings, inference
-from captioner.model_thread import THREAD_NAME, is_model_thread, on_model_thread, when_model_idle
+from captioner.engine.model_thread import THREAD_NAME, is_model_thread, on_model_thread, when_model_idle
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -119,7 +119,7 @@ def test_a_server_shaped_process_keeps_one_openmp_team(tiny_checkpoint):
 @pytest.fixture
 def quick_idle(monkeypatch):
     """Idle after 0.2 s; work that keeps coming defers idle work for at most 1 s."""
-    from captioner import model_thread
+    from captioner.engine import model_thread
 
     monkeypatch.setattr(model_thread, "IDLE_AFTER_S", 0.2)
     monkeypatch.setattr(model_thread, "MAX_DEFER_S", 1.0)
@@ -164,7 +164,7 @@ def test_failing_idle_work_is_logged_and_the_thread_serves_on(quick_idle, caplog
     def broken():
         raise RuntimeError("idle work broke")
 
-    with caplog.at_level("ERROR", logger="captioner.model_thread"):
+    with caplog.at_level("ERROR", logger="captioner.engine.model_thread"):
         when_model_idle(broken)
         assert wait_for(lambda: "idle work broke" in caplog.text)
     assert on_model_thread(divmod, 7, 2) == (3, 1)
@@ -172,7 +172,7 @@ def test_failing_idle_work_is_logged_and_the_thread_serves_on(quick_idle, caplog
 
 def test_the_app_gives_memory_back_once_the_model_is_idle_not_after_every_batch(
         captioner, photos, tmp_path, quick_idle, monkeypatch):
-    from captioner import service as ui
+    from captioner.app import service as ui
 
     trims: list[tuple[str, float]] = []
     monkeypatch.setattr(ui, "release_free_memory", lambda: trims.append((current_thread_name(), time.monotonic())))

@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from captioner import CaptionSettings, Captioner, native
-from captioner.checkpoints import build_random_model, build_tokenizer
-from captioner.speedups import NativeLinear, PackedLinear, speed_up
-from conftest import photo
+from captioner.engine.random_models import build_random_model, build_tokenizer
+from captioner.engine.speedups import NativeLinear, PackedLinear, speed_up
+from helpers import photo
 
 
 @pytest.fixture(params=native.usable_instruction_sets())
@@ -96,7 +96,7 @@ def test_kernel_runs_on_the_threads_torch_already_has():
     """A second OpenMP team on 2 cores would slow every product (see model_thread.py)."""
     script = """if True:
         import os, threading, torch
-        from captioner import native
+        from captioner.engine import native
         torch.set_num_threads(2)
         def native_threads():
             python_threads = {t.native_id for t in threading.enumerate()}

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SRC, photo
+from helpers import SRC, photo
 
 HERE = Path(__file__).resolve().parent
 PRIVATE = ["10.0.0.1", "172.16.5.4", "192.168.1.1", "169.254.169.254", "100.100.100.200", "100.64.0.1",

@@ -31,7 +31,7 @@ def test_optional_penalties_only_when_set():
         ("num_beams", 1000), ("num_beams", 0), ("max_length", 100000), ("max_length", -1),
         ("num_captions", 1000), ("temperature", math.nan), ("temperature", math.inf),
         ("temperature", 0.0), ("top_p", 0.0), ("top_k", -5), ("repetition_penalty", -1.0),
-        ("seed", -1), ("num_beams", 2.5), ("num_beams", "4"), ("num_beams", True), ("temperature", None),
+        ("seed", -2), ("num_beams", 2.5), ("num_beams", "4"), ("num_beams", True), ("temperature", None),
     ],
 )
 def test_bad_values_are_refused_naming_field_and_range(field, value):
@@ -71,3 +71,21 @@ def test_settings_are_hashable_and_replaceable():
     a = CaptionSettings()
     b = dataclasses.replace(a, num_beams=2)
     assert len({a, b, CaptionSettings()}) == 2
+
+
+def test_random_seed_means_no_seed_wherever_it_comes_from():
+    import argparse
+
+    from captioner.arguments import add_settings_arguments, settings_from_arguments
+    from captioner.settings import RANDOM_SEED, SETTING_NAMES, shown_default
+
+    assert CaptionSettings(strategy="sample", seed=RANDOM_SEED).seed is None
+    assert CaptionSettings(strategy="sample", seed=RANDOM_SEED) == CaptionSettings(strategy="sample")
+    assert CaptionSettings.from_values({"seed": float(RANDOM_SEED)}).seed is None
+    assert shown_default("seed") == RANDOM_SEED
+    parser = argparse.ArgumentParser()
+    add_settings_arguments(parser)
+    assert [a.dest for a in parser._actions if a.dest != "help"] == list(SETTING_NAMES)
+    args = parser.parse_args(["--strategy", "sample", "--seed", str(RANDOM_SEED)])
+    assert settings_from_arguments(args) == CaptionSettings(strategy="sample")
+    assert settings_from_arguments(parser.parse_args(["--seed", "7"])).seed == 7

@@ -3,10 +3,10 @@
 import pytest
 import torch
 from captioner import CaptionSettings, Captioner
-from captioner import speedups
-from captioner.checkpoints import build_random_model, build_tokenizer
-from captioner.speedups import GroupedCrossAttention, NativeLinear, generation_scope, speed_up
-from conftest import photo
+from captioner.engine import speedups
+from captioner.engine.random_models import build_random_model, build_tokenizer
+from captioner.engine.speedups import GroupedCrossAttention, NativeLinear, generation_scope, speed_up
+from helpers import photo
 
 STRATEGIES = {
     "beam": CaptionSettings(),
@@ -27,10 +27,10 @@ def test_both_speedups_are_applied_to_the_tiny_vit_gpt2(captioner):
     encoder_layers = captioner.model.config.encoder.num_hidden_layers
     # Decoder, per layer: attention in/out, cross-attention query/keys-values/out, MLP in/out; plus
     # the LM head. Encoder, per layer: query, key, value, attention out, MLP in/out; plus the pooler.
-    assert captioner.speedups.linear_layers == 7 * layers + 1 + 6 * encoder_layers + 1
-    assert captioner.speedups.grouped_cross_attention == layers
+    assert captioner.engine.speedups.linear_layers == 7 * layers + 1 + 6 * encoder_layers + 1
+    assert captioner.engine.speedups.grouped_cross_attention == layers
     # This machine builds the native kernel (CI installs a C compiler): the tests below exercise it.
-    assert captioner.speedups.linear_kind == "native", captioner.speedups.skipped
+    assert captioner.engine.speedups.linear_kind == "native", captioner.engine.speedups.skipped
     assert isinstance(captioner.model.decoder.lm_head, NativeLinear)
     assert isinstance(captioner.model.encoder.layers[0].attention.q_proj, NativeLinear)
 

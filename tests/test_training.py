@@ -9,12 +9,12 @@ from gradio_client import handle_file
 from PIL import Image, ImageDraw
 
 from captioner import Captioner, CaptionSettings
-from captioner.checkpoints import build_random_model, build_tokenizer
-from captioner.data import DatasetError, load_dataset
-from captioner.evaluation import evaluate
-from captioner.training import TrainConfig, stage_for_epoch, train, trainable_parts
-from captioner.checkpoints import build_image_processor
-from conftest import RunningApp, run_cli
+from captioner.engine.random_models import build_random_model, build_tokenizer
+from captioner.train.data import DatasetError, load_dataset
+from captioner.train.evaluation import evaluate
+from captioner.train.training import TrainConfig, stage_for_epoch, train, trainable_parts
+from captioner.engine.random_models import build_image_processor
+from helpers import RunningApp, run_cli
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 220), "yellow": (240, 220, 20)}
 SHAPES = ("circle", "square", "triangle")

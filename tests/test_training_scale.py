@@ -15,8 +15,8 @@ from PIL import Image
 
 from captioner import Captioner
 from captioner.cli import main
-from captioner.data import load_dataset
-from conftest import SRC, encode, free_port, photo
+from captioner.train.data import load_dataset
+from helpers import SRC, encode, free_port, photo
 
 CAPTIONS = ["a red square", "a blue circle", "a green triangle", "a small red circle"]
 

@@ -2,7 +2,7 @@
 
 from .errors import CaptionError, InvalidImage, InvalidSettings, ModelLoadError, RequestTooLarge
 from .images import ImageLimits, load_image
-from .inference import DEFAULT_MODEL, Caption, Captioner
+from .engine.inference import DEFAULT_MODEL, Caption, Captioner
 from .settings import DEFAULT_SETTINGS, CaptionSettings
 
 __all__ = [
@@ -25,7 +25,7 @@ __all__ = [
 def __getattr__(name: str):
     # gradio is only imported by those who build the UI (the CLI does not need it).
     if name == "build_demo":
-        from .ui import build_demo
+        from .app.ui import build_demo
 
         return build_demo
     raise AttributeError(name)

@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Callable, NoReturn
 
 from .errors import CaptionError, one_line
-from .model_source import check_source
-from .settings import BOUNDS, INT_FIELDS
+from .images import DEFAULT_LIMITS, ImageLimits
+from .model_source import PRECISIONS, PRECISION_HELP, check_source
+from .settings import BOUNDS, INT_FIELDS, RANDOM_SEED, SETTING_HELP, SETTING_NAMES, STRATEGIES, CaptionSettings, \
+    shown_default
 
 # Limits an operator may set (app.py, and the CLI's image limits): wide, but each one finite.
 MAX_FILE_MB = (1, 1024)
@@ -88,7 +90,48 @@ def number(low: float | None = None, high: float | None = None, *, low_open: boo
 def setting(name: str) -> Callable[[str], float]:
     """The type of the flag for CaptionSettings field `name`, from its BOUNDS."""
     low, high = BOUNDS[name]
+    if name == "seed":  # RANDOM_SEED too, as on every other door
+        parse = integer(RANDOM_SEED, int(high))
+        parse.allowed = f"an integer from {int(low)} to {int(high)}"  # type: ignore[attr-defined]
+        return parse
     return integer(int(low), int(high)) if name in INT_FIELDS else number(low, high)
+
+
+MODEL_HELP = "Hub id or local checkpoint directory (default: $CAPTIONER_MODEL, then the model card's)"
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per CaptionSettings field, named after it (--num-beams, --max-length, ...)."""
+    group = parser.add_argument_group("generation settings (defaults: the model card's call)")
+    for name in SETTING_NAMES:
+        flag = "--" + name.replace("_", "-")
+        if name == "strategy":
+            group.add_argument(flag, choices=STRATEGIES, default=shown_default(name), help=SETTING_HELP[name])
+            continue
+        kind = setting(name)
+        group.add_argument(flag, type=kind, default=shown_default(name),
+                           help=f"{SETTING_HELP[name]}: {kind.allowed} (default {shown_default(name)})")
+
+
+def settings_from_arguments(args: argparse.Namespace) -> CaptionSettings:
+    return CaptionSettings.from_values({name: getattr(args, name) for name in SETTING_NAMES})
+
+
+def add_image_limit_arguments(parser: argparse.ArgumentParser) -> None:
+    """The app's image limits, for the files and links a command reads."""
+    parser.add_argument("--max-file-mb", type=integer(*MAX_FILE_MB), default=DEFAULT_LIMITS.max_file_bytes // 2**20,
+                        help="larger image files and downloads are refused (default %(default)s)")
+    parser.add_argument("--max-megapixels", type=integer(*MAX_MEGAPIXELS),
+                        default=DEFAULT_LIMITS.max_pixels // 1_000_000,
+                        help="images that decode to more pixels are refused, as decompression bombs (default %(default)s)")
+
+
+def image_limits_from_arguments(args: argparse.Namespace) -> ImageLimits:
+    return DEFAULT_LIMITS.with_caps(args.max_file_mb, args.max_megapixels)
+
+
+def add_precision_argument(parser: argparse.ArgumentParser, default: str = "float32") -> None:
+    parser.add_argument("--dtype", default=default, choices=PRECISIONS, help=PRECISION_HELP)
 
 
 port = integer(1, 65535)

@@ -15,6 +15,10 @@ from .errors import ModelLoadError
 
 DEFAULT_MODEL = "nlpconnect/vit-gpt2-image-captioning"
 MODEL_ENV_VAR = "CAPTIONER_MODEL"
+# The dtypes a model loads in; "int8" loads fp32 weights and quantizes the linear layers
+# (CPU, opt-in fast mode, not exact).
+PRECISIONS = ("float32", "bfloat16", "float16", "int8")
+PRECISION_HELP = "int8: opt-in CPU fast mode (not exact); bfloat16/float16: for GPUs"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 

@@ -1,8 +1,12 @@
 """Generation settings: one frozen, validated, hashable object per request.
 
-Only this module knows transformers' `generate()` argument names. The defaults reproduce the model
-card's call, `generate(pixel_values, max_length=16, num_beams=4)`, so a default caption equals the
-one the model card's example code prints.
+Only this module knows transformers' `generate()` argument names, and every door builds its
+controls from the table here: the CLI's flags (arguments.py), the page's widgets (app/ui.py) and
+the MCP tools' parameters (app/tools.py) take their names, ranges, defaults and help from
+CaptionSettings' fields, BOUNDS and SETTING_HELP, and all of them read RANDOM_SEED as "no seed".
+
+The defaults reproduce the model card's call, `generate(pixel_values, max_length=16, num_beams=4)`,
+so a default caption equals the one the model card's example code prints.
 """
 
 from __future__ import annotations
@@ -28,6 +32,21 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "no_repeat_ngram_size": (0, 6),
     "num_captions": (1, 8),
     "seed": (0, 2**32 - 1),
+}
+# "No seed" (fresh randomness each call) where a door needs a number: a flag, a widget, a tool parameter.
+RANDOM_SEED = -1
+SETTING_HELP: dict[str, str] = {
+    "strategy": "how words are chosen: 'beam' (beam search, the model card's default), 'greedy', "
+                "or 'sample' (random; uses temperature, top_k, top_p and seed)",
+    "max_length": "the longest caption in tokens, counting the start token",
+    "num_beams": "beams searched (beam search only)",
+    "temperature": "randomness of sampling (sample only); lower is more conservative",
+    "top_k": "sample among the k likeliest tokens (sample only; 0 = off)",
+    "top_p": "sample among the likeliest tokens whose probabilities add up to p (sample only; 1 = off)",
+    "repetition_penalty": "discourages repeated words (1 = off)",
+    "no_repeat_ngram_size": "forbids repeating any run of this many tokens (0 = off)",
+    "num_captions": "captions to return, best first with scores (at most num_beams with beam search; 1 with greedy)",
+    "seed": f"makes sampling reproducible ({RANDOM_SEED} = random)",
 }
 INT_FIELDS = frozenset(
     {"max_length", "num_beams", "top_k", "no_repeat_ngram_size", "num_captions", "seed"}
@@ -57,6 +76,8 @@ class CaptionSettings:
     seed: int | None = None  # sampling only; None draws fresh randomness each call
 
     def __post_init__(self) -> None:
+        if type(self.seed) is int and self.seed == RANDOM_SEED:
+            object.__setattr__(self, "seed", None)  # frozen: the one normalisation, before hashing
         if self.strategy not in STRATEGIES:
             raise InvalidSettings(
                 f"strategy must be one of {', '.join(STRATEGIES)}; got {self.strategy!r}", "strategy"
@@ -92,7 +113,7 @@ class CaptionSettings:
         for name, value in values.items():
             if name in INT_FIELDS and isinstance(value, float) and math.isfinite(value) and value.is_integer():
                 value = int(value)
-            if name == "seed" and (value == "" or value is None):
+            if name == "seed" and (value == "" or value is None or value == RANDOM_SEED):
                 value = None
             changes[name] = value
         return dataclasses.replace(base or cls(), **changes)
@@ -127,7 +148,6 @@ class CaptionSettings:
         return kwargs
 
 
-
 def _check_number(name: str, value: Any, *, integer: bool) -> None:
     low, high = BOUNDS[name]
     kind = "an integer" if integer else "a number"
@@ -146,3 +166,10 @@ def _fmt(bound: float) -> str:
 
 
 DEFAULT_SETTINGS = CaptionSettings()
+SETTING_NAMES: tuple[str, ...] = tuple(field.name for field in dataclasses.fields(CaptionSettings))
+
+
+def shown_default(name: str) -> Any:
+    """A field's default as a door shows it: RANDOM_SEED for "no seed"."""
+    value = getattr(DEFAULT_SETTINGS, name)
+    return RANDOM_SEED if name == "seed" and value is None else value

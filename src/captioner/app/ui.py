@@ -14,15 +14,15 @@ from typing import Any
 import gradio as gr
 
 from .accessibility import ANNOUNCE_CAPTION_JS
-from .components import RANDOM_SEED, CaptionImage, SettingNumber, SettingRadio, SettingSlider, save_url
-from .gradio_queue import adapt_gradio, can_unbatch_validators
-from .images import IMAGE_SUFFIXES
-from .inference import Captioner
-from .service import SETTING_NAMES, STRATEGY_LABELS, AppLimits, CaptionService
-from .settings import BOUNDS, DEFAULT_SETTINGS, CaptionSettings
+from .components import CaptionImage, SettingNumber, SettingRadio, SettingSlider, save_url
+from .gradio_changes import adapt_gradio, can_unbatch_validators
+from ..images import IMAGE_SUFFIXES
+from ..engine.inference import Captioner
+from .service import STRATEGY_LABELS, AppLimits, CaptionService
+from ..settings import BOUNDS, DEFAULT_SETTINGS, RANDOM_SEED, SETTING_NAMES, CaptionSettings, shown_default
 from .tools import make_tools
 
-EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLES_DIR = Path(__file__).resolve().parents[3] / "examples"
 MODEL_NOTE = """\
 **About the model.** [`nlpconnect/vit-gpt2-image-captioning`](https://huggingface.co/nlpconnect/vit-gpt2-image-captioning)
 (2021) pairs a ViT image encoder with a GPT-2 decoder and was trained on COCO 2017 captions. It
@@ -176,7 +176,7 @@ def _settings_controls(defaults: CaptionSettings) -> dict[str, gr.components.Com
         controls["top_k"] = slider("top_k", "Top-k (0 = off)", 1, visible=False)
         controls["top_p"] = slider("top_p", "Top-p", 0.05, visible=False)
         controls["seed"] = SettingNumber(
-            value=RANDOM_SEED, precision=0, label="Seed (-1 = random)", visible=False, elem_id="seed",
+            value=RANDOM_SEED, precision=0, label=f"Seed ({RANDOM_SEED} = random)", visible=False, elem_id="seed",
         )
         controls["repetition_penalty"] = slider("repetition_penalty", "Repetition penalty (1 = off)", 0.05)
         controls["no_repeat_ngram_size"] = slider("no_repeat_ngram_size", "No-repeat n-gram size (0 = off)", 1)
@@ -196,8 +196,7 @@ def _settings_controls(defaults: CaptionSettings) -> dict[str, gr.components.Com
     controls["strategy"].change(show_for_strategy, controls["strategy"], dependent, queue=False, api_visibility="private")
 
     def reset_values():
-        values = [getattr(defaults, n) for n in SETTING_NAMES[1:]]
-        return [label_for[defaults.strategy], *values[:-1], RANDOM_SEED if defaults.seed is None else defaults.seed]
+        return [label_for[defaults.strategy], *(shown_default(n) for n in SETTING_NAMES[1:])]
 
     reset.click(reset_values, None, [controls[n] for n in SETTING_NAMES], queue=False, api_visibility="private")
     return controls

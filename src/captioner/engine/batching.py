@@ -19,9 +19,9 @@ from concurrent.futures import Future
 from typing import Callable, Sequence
 
 from .model_thread import on_model_thread
-from .settings import CaptionSettings
+from ..settings import CaptionSettings
 
-log = logging.getLogger("captioner.batching")
+log = logging.getLogger("captioner.engine.batching")
 
 
 class _Chunk:

@@ -1,13 +1,12 @@
 """The handlers behind the page, the API and MCP: widget values in, captions or gr.Error out.
 
-The setting names come from CaptionSettings once (SETTING_NAMES); the handlers' signatures are
-built from them, so the API's parameters are named after the settings without writing them out.
+The setting names come from settings.py (SETTING_NAMES); the handlers' signatures are built from
+them, so the API's parameters are named after the settings without writing them out.
 """
 
 from __future__ import annotations
 
 import collections
-import dataclasses
 import inspect
 import logging
 import tempfile
@@ -18,18 +17,15 @@ from typing import Any, Sequence
 
 import gradio as gr
 
-from .components import RANDOM_SEED, CaptionImage, save_bytes
-from .errors import CaptionError, InvalidSettings, RequestTooLarge
-from .exports import write_downloads
-from .fetch import fetch_bytes, is_url
-from .images import load_image
-from .inference import Caption, Captioner
-from .memory import release_free_memory
-from .model_thread import when_model_idle
-from .settings import CaptionSettings
+from .components import CaptionImage, save_bytes
+from ..errors import CaptionError, InvalidSettings, RequestTooLarge
+from ..exports import write_downloads
+from ..fetch import fetch_bytes, is_url
+from ..images import load_image
+from ..engine.inference import Caption, Captioner
+from ..settings import SETTING_NAMES, CaptionSettings
 
 log = logging.getLogger("captioner.app")
-SETTING_NAMES: tuple[str, ...] = tuple(field.name for field in dataclasses.fields(CaptionSettings))
 STRATEGY_LABELS = {"Beam search": "beam", "Greedy": "greedy", "Sampling": "sample"}
 
 
@@ -46,7 +42,7 @@ class AppLimits:
     allow_private_urls: bool = False  # image links to loopback/private addresses (intranets, tests)
 
     def fetch_policy(self):
-        from .fetch import FetchPolicy
+        from ..fetch import FetchPolicy
 
         return FetchPolicy(max_bytes=self.max_file_mb * 1024 * 1024, allow_private=self.allow_private_urls)
 
@@ -55,8 +51,6 @@ def settings_from_widgets(*values: Any) -> CaptionSettings:
     """Widget values (in SETTING_NAMES order) -> CaptionSettings; sliders send floats."""
     mapping = dict(zip(SETTING_NAMES, values))
     mapping["strategy"] = STRATEGY_LABELS.get(mapping["strategy"], mapping["strategy"])
-    if mapping["seed"] == RANDOM_SEED:
-        mapping["seed"] = None
     return CaptionSettings.from_values(mapping)
 
 
@@ -146,9 +140,7 @@ class CaptionService:
         if ready:
             # The Captioner logs each generate call (batching.py), with whatever else was waiting.
             captions = self.captioner.caption([r[1] for r in ready], [r[2] for r in ready])
-            # Freed activations go back to the OS once the model is idle: RSS stays flat
-            # (memory.py), and batches under load reuse the memory instead of faulting it in anew.
-            when_model_idle(release_free_memory)
+            self.captioner.release_memory_when_idle()
             for (index, _, _), image_captions in zip(ready, captions):
                 results[index] = image_captions
         return results  # type: ignore[return-value]

@@ -10,7 +10,7 @@ import io
 import json
 from pathlib import Path
 
-from .errors import CaptionError, one_line
+from ..errors import CaptionError, one_line
 
 
 class DatasetError(CaptionError):

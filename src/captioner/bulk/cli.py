@@ -12,13 +12,27 @@ import time
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from .arguments import integer, text
-from .bulk import Item, Summary, caption_batches, file_items, read_path_list, run
-from .errors import CaptionError
+from ..arguments import (
+    MODEL_HELP, add_image_limit_arguments, add_precision_argument, add_settings_arguments,
+    image_limits_from_arguments, integer, model_source, settings_from_arguments, text,
+)
+from .pipeline import Item, Summary, caption_batches, file_items, read_path_list, run
+from ..errors import CaptionError
 from .outputs import SIDECAR_POLICIES, MetadataOutput, Printer, RowsOutput, Sidecars
 
 BATCH = 8  # images decoded and captioned together
 OUTPUT_SUFFIXES = (".jsonl", ".csv", ".parquet")
+
+
+def add_caption_command(commands) -> None:
+    caption = commands.add_parser("caption", help="caption images, folders, lists of paths or a Parquet dataset")
+    caption.add_argument("paths", nargs="*", metavar="PATH", help="image files or folders (searched recursively)")
+    caption.add_argument("--model", type=model_source, help=MODEL_HELP)
+    add_bulk_arguments(caption)
+    add_image_limit_arguments(caption)
+    add_precision_argument(caption)
+    add_settings_arguments(caption)
+    caption.set_defaults(handler=run_caption, check=check_arguments)
 
 
 def add_bulk_arguments(parser: argparse.ArgumentParser) -> None:
@@ -95,8 +109,6 @@ def make_writers(args: argparse.Namespace, source):
 def run_caption(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .cli import image_limits_from_arguments, settings_from_arguments
-
     settings = settings_from_arguments(args)
     limits = image_limits_from_arguments(args)
     if args.dataset:
@@ -154,7 +166,7 @@ def _batches(args: argparse.Namespace, settings, limits, pending, summary: Summa
         return iter(())  # nothing left to do: no model to load
     pending = itertools.chain([first], pending)
     if args.ray:
-        from .bulk_ray import ray_batches, start_ray
+        from .ray_data import ray_batches, start_ray
 
         ray, summary.startup_seconds = start_ray(args.ray_address)
         return ray_batches(ray, list(pending), settings, model=args.model, dtype=args.dtype,
@@ -163,7 +175,7 @@ def _batches(args: argparse.Namespace, settings, limits, pending, summary: Summa
                            allow_private_urls=args.allow_private_urls, image_column=args.image_column,
                            image_limits=limits,
                            loaded=lambda seconds: _quickest_load(summary, seconds))
-    from .inference import Captioner
+    from ..engine.inference import Captioner
 
     started = time.perf_counter()
     captioner = Captioner.from_pretrained(args.model, dtype=args.dtype, image_limits=limits)

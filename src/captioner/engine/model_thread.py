@@ -33,7 +33,7 @@ THREAD_NAME = "captioner-model"
 # apart, not milliseconds (docs/performance.md).
 IDLE_AFTER_S = 30.0
 MAX_DEFER_S = 60.0  # under unbroken load, idle work waits at most this long, then runs between jobs
-log = logging.getLogger("captioner.model_thread")
+log = logging.getLogger("captioner.engine.model_thread")
 
 P = ParamSpec("P")
 T = TypeVar("T")

@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from .annotations import DatasetError, coco, flickr, imagefolder
-from .errors import one_line, require
-from .images import image_cell
+from ..errors import one_line, require
+from ..images import image_cell
 
 
 @dataclass(frozen=True)

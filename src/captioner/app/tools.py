@@ -8,47 +8,30 @@ from the settings, and each is documented for an agent that has never seen the p
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
 import gradio as gr
 
-from .errors import CaptionError
-from .fetch import FetchPolicy, fetch_bytes
-from .inference import Caption
+from ..errors import CaptionError
+from ..fetch import FetchPolicy, fetch_bytes
+from ..engine.inference import Caption
 from .service import CaptionService, format_captions
-from .settings import BOUNDS, DEFAULT_SETTINGS, STRATEGIES, CaptionSettings
+from ..settings import BOUNDS, SETTING_HELP, SETTING_NAMES, STRATEGIES, CaptionSettings, shown_default
 
-SETTING_HELP = {
-    "strategy": "how words are chosen: 'beam' (beam search, the model card's default), 'greedy', "
-                "or 'sample' (random; uses temperature, top_k, top_p and seed)",
-    "max_length": "the longest caption in tokens, counting the start token",
-    "num_beams": "beams searched (beam search only)",
-    "temperature": "randomness of sampling (sample only); lower is more conservative",
-    "top_k": "sample among the k likeliest tokens (sample only; 0 = off)",
-    "top_p": "sample among the likeliest tokens whose probabilities add up to p (sample only; 1 = off)",
-    "repetition_penalty": "discourages repeated words (1 = off)",
-    "no_repeat_ngram_size": "forbids repeating any run of this many tokens (0 = off)",
-    "num_captions": "captions to return, best first with scores (at most num_beams with beam search; 1 with greedy)",
-    "seed": "makes sampling reproducible (-1 = random)",
-}
-NO_SEED = -1
 ABOUT = ("ViT-GPT2 (nlpconnect/vit-gpt2-image-captioning) writes one short English sentence about "
          "everyday scenes; treat it as a draft (it can guess and carries COCO's biases).")
 
 
 def _setting_parameters() -> list[inspect.Parameter]:
     parameters = []
-    for field in dataclasses.fields(CaptionSettings):
-        default = getattr(DEFAULT_SETTINGS, field.name)
-        kind: Any = {"strategy": Literal[STRATEGIES]}.get(field.name)  # type: ignore[valid-type]
+    for name in SETTING_NAMES:
+        default = shown_default(name)
+        kind: Any = {"strategy": Literal[STRATEGIES]}.get(name)  # type: ignore[valid-type]
         if kind is None:
             kind = float if isinstance(default, float) else int
-        if field.name == "seed":
-            default = NO_SEED if default is None else default
-        parameters.append(inspect.Parameter(field.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default,
+        parameters.append(inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default,
                                             annotation=kind))
     return parameters
 
@@ -89,12 +72,8 @@ def _unless_error(value):
 def make_tools(service: CaptionService, policy: FetchPolicy):
     """caption_image and caption_images, bound to the app's Captioner and its link policy."""
 
-    names = [field.name for field in dataclasses.fields(CaptionSettings)]
-
     def settings_of(positional: tuple) -> CaptionSettings:
-        values = dict(zip(names, positional))
-        if values.get("seed") == NO_SEED:
-            values = {**values, "seed": None}
+        values = dict(zip(SETTING_NAMES, positional))
         try:
             return CaptionSettings.from_values(values)
         except CaptionError as error:

@@ -15,10 +15,8 @@ from pathlib import Path
 
 import gradio as gr
 
-from .errors import CaptionError
-from .fetch import FetchPolicy, fetch_bytes, is_url
-
-RANDOM_SEED = -1  # the seed box's "no seed": a Number needs a value to give the API a default
+from ..errors import CaptionError
+from ..fetch import FetchPolicy, fetch_bytes, is_url
 
 
 class CaptionImage(gr.Image):

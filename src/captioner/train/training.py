@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 from .data import CaptionDataset, image_input
-from .errors import InvalidImage, ModelLoadError
-from .images import load_image
+from ..errors import InvalidImage, ModelLoadError
+from ..images import load_image
 
 STAGES = ("cross-attention", "decoder", "all")
 
@@ -95,7 +95,7 @@ def load_model_for_training(config: TrainConfig):
     """A checkpoint (`--model`), or a fresh model from two pretrained halves (`--encoder --decoder`)."""
     from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, VisionEncoderDecoderModel
 
-    from .model_source import check_source, load_failure_message, resolve_source
+    from ..model_source import check_source, load_failure_message, resolve_source
 
     if config.encoder or config.decoder:
         if not (config.encoder and config.decoder):

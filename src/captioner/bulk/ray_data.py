@@ -18,14 +18,14 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from .bulk import Item, Result, caption_chunk, decode
-from .errors import CaptionError
-from .images import DEFAULT_LIMITS, ImageLimits
+from .pipeline import Item, Result, caption_chunk, decode
+from ..errors import CaptionError
+from ..images import DEFAULT_LIMITS, ImageLimits
 from .parquet import RowReader, RowRef
-from .settings import CaptionSettings
+from ..settings import CaptionSettings
 
-log = logging.getLogger("captioner.bulk_ray")
-PACKAGE_DIR = str(Path(__file__).resolve().parent)
+log = logging.getLogger("captioner.bulk.ray_data")
+PACKAGE_DIR = str(Path(__file__).resolve().parents[1])  # the whole captioner package
 
 
 class RayUnavailable(CaptionError):
@@ -103,7 +103,7 @@ class CaptionActor:
         started = time.perf_counter()
         import torch
 
-        from .inference import Captioner
+        from ..engine.inference import Captioner
 
         torch.set_num_threads(threads)  # actors on one machine must not fight over its cores
         self.captioner = Captioner.from_pretrained(model, dtype=dtype, image_limits=image_limits)

@@ -18,18 +18,18 @@ import torch
 from PIL import Image
 
 from .batching import DynamicBatcher
-from .errors import ModelLoadError, RequestTooLarge
-from .images import DEFAULT_LIMITS, ImageInput, ImageLimits, load_image
+from ..errors import ModelLoadError, RequestTooLarge
+from ..images import DEFAULT_LIMITS, ImageInput, ImageLimits, load_image
 from .memory import release_free_memory
-from .model_source import DEFAULT_MODEL, MODEL_ENV_VAR, check_source, load_failure_message, resolve_source  # noqa: F401 - DEFAULT_MODEL is public here
-from .model_thread import on_model_thread
-from .settings import DEFAULT_SETTINGS, CaptionSettings
+from ..model_source import (  # noqa: F401 - DEFAULT_MODEL is public here
+    DEFAULT_MODEL, MODEL_ENV_VAR, PRECISIONS, check_source, load_failure_message, resolve_source,
+)
+from .model_thread import on_model_thread, when_model_idle
+from ..settings import DEFAULT_SETTINGS, CaptionSettings
 from .speedups import SpeedupReport, generation_scope, speed_up
 
-log = logging.getLogger("captioner.inference")
+log = logging.getLogger("captioner.engine.inference")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# "int8" loads fp32 weights and quantizes the linear layers (CPU, opt-in fast mode, not exact).
-PRECISIONS = (*DTYPES, "int8")
 
 
 class _NoPaddingToMask(logging.Filter):
@@ -198,6 +198,11 @@ class Captioner:
         finally:
             release.set()
             holder.join()
+
+    def release_memory_when_idle(self) -> None:
+        """Hand freed activations back to the OS once the model is idle: a server's RSS stays flat
+        (memory.py), and batches under load reuse the memory instead of faulting it in anew."""
+        when_model_idle(release_free_memory)
 
     def waiting(self) -> int:
         """Callers' chunks waiting for the model (see batching.py)."""

@@ -24,7 +24,7 @@ import logging
 
 import gradio as gr
 
-log = logging.getLogger("captioner.accessibility")
+log = logging.getLogger("captioner.app.accessibility")
 FIXED_IN = ("6.31",)  # gradio versions whose components HEAD_SCRIPT's fixes were written against
 
 THEME = gr.themes.Default(primary_hue="orange").set(

@@ -12,11 +12,11 @@ import shutil
 from pathlib import Path
 
 from .data import CaptionDataset, DatasetError, image_input
-from .errors import InvalidImage
-from .exports import OutputError, csv_header, write_csv_rows
-from .images import load_image
-from .inference import Captioner
-from .settings import DEFAULT_SETTINGS, CaptionSettings
+from ..errors import InvalidImage
+from ..exports import OutputError, csv_header, write_csv_rows
+from ..images import load_image
+from ..engine.inference import Captioner
+from ..settings import DEFAULT_SETTINGS, CaptionSettings
 
 METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
 

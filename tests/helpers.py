@@ -1,0 +1,184 @@
+"""What the tests share besides fixtures: images made in memory, loopback servers, the app served
+in this process, the CLI run as a user runs it. Test modules import from here, never from each
+other or from conftest."""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def photo(seed: int, size=(64, 48), mode="RGB") -> Image.Image:
+    """A seeded noisy gradient: different seeds give different captions from the tiny model."""
+    rng = np.random.default_rng(seed)
+    width, height = size
+    base = rng.integers(0, 256, size=3)
+    y, x = np.mgrid[0:height, 0:width]
+    pixels = (base + 200 * np.stack([x / width, y / height, (x + y) / (width + height)], -1)) % 256
+    pixels = pixels + rng.normal(0, 25, size=pixels.shape)
+    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+    return image if mode == "RGB" else image.convert(mode)
+
+
+def encode(image: Image.Image, fmt: str = "PNG", **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+@contextlib.contextmanager
+def serve_on_loopback(handler):
+    """An HTTP server on 127.0.0.1 in a thread; yields its base URL."""
+    class Server(http.server.ThreadingHTTPServer):
+        def handle_error(self, request, client_address):
+            pass  # clients that hang up early (size caps, deadlines) are what the tests make
+
+    httpd = Server(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+
+
+def files_handler(files: dict[str, bytes]):
+    """A request handler serving `files` (path -> body) and 404 for anything else."""
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = files.get(self.path)
+            if body is None:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    return Handler
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RunningApp:
+    """The real app (app.py's launch settings) served on 127.0.0.1 in this process."""
+
+    def __init__(self, captioner, limits=None):
+        from captioner.app.ui import AppLimits, build_demo
+
+        app_module = import_app(captioner.source)
+        self.limits = limits or AppLimits()
+        self.demo = build_demo(captioner, self.limits)
+        self.service = self.demo.caption_service
+        options = app_module.launch_options(self.limits, "127.0.0.1", free_port())
+        self.demo.launch(prevent_thread_lock=True, quiet=True, **options)
+        self.url = self.demo.local_url
+
+    def client(self):
+        from load import loopback_client  # bench/load.py: the benchmarks' client, same settings
+
+        return loopback_client(self.url)
+
+    def close(self):
+        self.demo.close()
+
+
+def import_app(model):
+    """app.py builds Spaces' demo when it is first imported: point that import at `model`, and
+    leave the environment as it was for the tests after."""
+    if "app" in sys.modules:
+        return sys.modules["app"]
+    saved = os.environ.get("CAPTIONER_MODEL")
+    os.environ["CAPTIONER_MODEL"] = str(model)
+    try:
+        import app
+    finally:
+        if saved is None:
+            del os.environ["CAPTIONER_MODEL"]
+        else:
+            os.environ["CAPTIONER_MODEL"] = saved
+    return app
+
+
+# Debian's Chromium, driven by Playwright (its own browser download is not used).
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+
+
+def wait_until_waiting(jobs, timeout=60):
+    """Until every gradio_client job is in the queue or running (the model held): no fixed sleep."""
+    import time
+
+    from gradio_client.utils import Status
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(job.status().code in (Status.IN_QUEUE, Status.PROCESSING) for job in jobs):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"jobs not queued after {timeout} s: {[job.status().code for job in jobs]}")
+
+
+def run_cli(*args, env=None):
+    environment = {**os.environ, "PYTHONPATH": SRC, "HF_HUB_OFFLINE": "1", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "captioner", *args], capture_output=True, text=True, env=environment, timeout=300
+    )
+
+
+def wait_for_lines(path: Path, count: int, process, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_bytes().count(b"\n") >= count:
+            return
+        assert process.poll() is None, process.stderr.read()
+        time.sleep(0.02)
+    raise AssertionError(f"fewer than {count} rows after {timeout} s")
+
+
+def kill_once_written(command: list[str], written: Path, rows: int) -> dict:
+    """Run the CLI in a session of its own, SIGKILL the whole group once `rows` rows are on disk;
+    returns the environment to resume it with."""
+    env = {**os.environ, "PYTHONPATH": SRC}
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    wait_for_lines(written, rows, process)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+    return env
+
+
+def dataset_file(path: Path, count: int = 7) -> Path:
+    """A Parquet file in the Hugging Face image layout, row 3 holding bytes that are no image."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    images = [{"bytes": encode(photo(i)), "path": f"img{i}.png"} for i in range(count)]
+    images[3] = {"bytes": b"corrupt bytes", "path": "bad.png"}
+    table = pa.table({"id": list(range(100, 100 + count)), "image": images})
+    pq.write_table(table, path, row_group_size=3)
+    return path
