@@ -182,3 +182,15 @@ def dataset_file(path: Path, count: int = 7) -> Path:
     table = pa.table({"id": list(range(100, 100 + count)), "image": images})
     pq.write_table(table, path, row_group_size=3)
     return path
+
+
+async def mcp_session(url, calls):
+    """List the tools, then make `calls` [(tool, arguments), ...] as an agent's MCP client does."""
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamablehttp_client
+
+    async with streamablehttp_client(url) as (read, write, _):
+        async with ClientSession(read, write) as session:
+            await session.initialize()
+            tools = {tool.name: tool for tool in (await session.list_tools()).tools}
+            return tools, [await session.call_tool(name, arguments) for name, arguments in calls]

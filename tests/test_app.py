@@ -1,5 +1,6 @@
 """The launched app, called as a real client does (gradio_client over HTTP on 127.0.0.1)."""
 
+import asyncio
 import csv
 import importlib
 import time
@@ -9,6 +10,7 @@ import pytest
 from gradio_client import handle_file
 
 from captioner import CaptionSettings
+from captioner.settings import SETTING_NAMES, shown_default
 from captioner.app.ui import example_photos
 from helpers import encode, import_app, photo, wait_until_waiting
 
@@ -37,28 +39,35 @@ def test_importing_app_exposes_demo_without_serving(running_app):
     assert isinstance(app.demo, gr.Blocks) and not app.demo.is_running
 
 
-def test_the_running_queue_sleeps_until_work_arrives_instead_of_polling(running_app, monkeypatch):
-    from captioner.app import gradio_changes
+def test_the_running_queue_sleeps_until_work_arrives_instead_of_polling(running_app, client, photo_file,
+                                                                         monkeypatch):
+    from captioner.app import queue_loop
 
     queue = running_app.demo._queue  # the queue launch() serves with, not a copy
     assert running_app.demo.queue_finds_work == "woken by work"
     assert queue.progress_update_sleep_when_free >= 1.0
     waits = []
-    stock_wait = gradio_changes._WorkSignal.wait
+    stock_wait = queue_loop.WorkSignal.wait
 
     async def counted_wait(self):
         waits.append(time.monotonic())
         await stock_wait(self)
 
-    monkeypatch.setattr(gradio_changes._WorkSignal, "wait", counted_wait)
-    time.sleep(2.0)  # idle: stock gradio looks for work 2000 times in this, at 20 ms 100 times
-    assert len(waits) <= 2.0 / gradio_changes.WAKE_CHECK_S + 2
+    monkeypatch.setattr(queue_loop.WorkSignal, "wait", counted_wait)
+    deadline = time.monotonic() + 30
+    while len(waits) < 4 and time.monotonic() < deadline:  # the idle loop is alive: it keeps looking
+        time.sleep(0.1)
+    assert len(waits) >= 4, "the idle loop stopped looking for work"
+    gaps = [later - earlier for earlier, later in zip(waits, waits[1:4])]
+    # Idle, it looks once per WAKE_CHECK_S, not every few ms as a polling loop does.
+    assert min(gaps) >= 0.8 * queue_loop.WAKE_CHECK_S, gaps
+    assert client.predict(handle_file(str(photo_file(2))), api_name="/caption")  # and work still starts
 
 
 def test_a_request_to_an_idle_queue_starts_at_once_not_at_the_next_check(running_app, client, photo_file, monkeypatch):
-    from captioner.app import gradio_changes
+    from captioner.app import queue_loop
 
-    monkeypatch.setattr(gradio_changes, "WAKE_CHECK_S", 30.0)  # only a wake-up can start it in time
+    monkeypatch.setattr(queue_loop, "WAKE_CHECK_S", 30.0)  # only a wake-up can start it in time
     path = photo_file(3)
     client.predict(handle_file(str(path)), api_name="/caption")  # the loop now waits with the long timeout
     time.sleep(0.2)
@@ -106,14 +115,15 @@ def test_another_gradio_keeps_its_own_loop_and_polls_every_20_ms(captioner, monk
     assert "start_processing" not in vars(demo._queue)  # gradio's own method, untouched
 
 
-def test_each_change_to_gradio_reports_its_path_and_falls_back(captioner, monkeypatch):
+def test_each_change_to_gradio_reports_its_path_and_falls_back(captioner, monkeypatch, tmp_path):
     from gradio import queueing
 
     from captioner.app.ui import build_demo
 
     changes = build_demo(captioner).gradio_changes
-    assert changes == {"validators": "unbatched", "queue loop": "woken by work",
-                       "monitoring summary": "rebuilt every 1000 events"}
+    assert changes == {"links": "handed to fetch.py by the file inputs' cache hook", "validators": "unbatched",
+                       "queue loop": "woken by work", "monitoring summary": "rebuilt every 1000 events",
+                       "mcp tools": "page handlers hidden"}
     # A gradio without the validator factory: no validator on the batched event (it would fail
     # there); the handler's own per-request checks still refuse a bad image alone.
     monkeypatch.delattr(queueing, "create_validator_fn")
@@ -124,6 +134,32 @@ def test_each_change_to_gradio_reports_its_path_and_falls_back(captioner, monkey
     caption_fns = [fn for fn in demo.fns.values() if fn.api_name == "caption"]
     assert caption_fns and caption_fns[0].validator is None
     assert demo._queue.ANAYLTICS_CACHE_FREQUENCY != 1000
+    bad, good = tmp_path / "bad.png", tmp_path / "good.png"
+    bad.write_bytes(b"not an image")
+    photo(7).save(good)
+    values = [[shown_default(name)] * 2 for name in SETTING_NAMES]
+    [answers] = demo.caption_service.caption([str(bad), str(good)], *values)
+    assert answers[0].startswith("Could not caption this image: not a supported image")
+    assert answers[1] == core_caption(captioner, good)
+
+
+def test_another_gradio_that_no_longer_calls_the_link_hook_gets_its_downloader_turned_off(captioner, monkeypatch):
+    import gradio as gr
+    from gradio import processing_utils
+
+    from captioner import CaptionError
+    from captioner.app import gradio_changes
+    from captioner.app.ui import build_demo
+
+    # Whatever build_demo changes in gradio's module is put back after this test.
+    monkeypatch.setattr(processing_utils, "async_ssrf_protected_get", processing_utils.async_ssrf_protected_get)
+    monkeypatch.setattr(gradio_changes, "LINK_HOOK", "a_renamed_hook")
+    assert build_demo(captioner).gradio_changes["links"].startswith("refused")
+    with pytest.raises(gr.Error, match="fetched by the app itself"):
+        asyncio.run(processing_utils.async_ssrf_protected_download("http://127.0.0.1:9/x.png", "/nonexistent"))
+    monkeypatch.delattr(processing_utils, "async_ssrf_protected_get")
+    with pytest.raises(CaptionError, match="cannot keep them to its address policy"):
+        build_demo(captioner)
 
 
 def test_api_documents_caption_with_named_defaulted_settings(client):

@@ -9,7 +9,7 @@ import pytest
 from gradio_client import handle_file
 
 from captioner.app.service import AppLimits
-from helpers import RunningApp, encode, files_handler, photo, run_cli, serve_on_loopback
+from helpers import RunningApp, encode, files_handler, mcp_session, photo, run_cli, serve_on_loopback
 
 IMAGES = {"/cat.png": encode(photo(31)), "/dog.jpg": encode(photo(32), "JPEG"), "/page.png": b"<html>no</html>"}
 
@@ -76,15 +76,9 @@ def test_cli_captions_links_with_the_same_fetcher(tiny_checkpoint, captioner, im
 
 
 async def mcp_calls(url, image_url):
-    """List the tools and call caption_image once, as an agent's MCP client does."""
-    from mcp import ClientSession
-    from mcp.client.streamable_http import streamablehttp_client
-
-    async with streamablehttp_client(url) as (read, write, _):
-        async with ClientSession(read, write) as session:
-            await session.initialize()
-            tools = {tool.name: tool for tool in (await session.list_tools()).tools}
-            return tools, await session.call_tool("caption_image", {"image_url": image_url})
+    """List the tools and call caption_image once."""
+    tools, [result] = await mcp_session(url, [("caption_image", {"image_url": image_url})])
+    return tools, result
 
 
 def test_an_agent_captions_a_link_with_one_mcp_tool_call(intranet_app, captioner, images_server):

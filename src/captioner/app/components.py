@@ -8,10 +8,13 @@ client then sees only "400 Bad Request". These pass the value on: `load_image` a
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import re
 import uuid
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import gradio as gr
 
@@ -41,20 +44,39 @@ class CaptionImage(gr.Image):
         return payload.path
 
     async def async_move_resource_to_block_cache(self, url_or_file_path):
-        # A link is passed on as it is: the validator fetches it with the safe fetcher before the
-        # request joins the queue, where a refusal reaches the client with its message.
+        # The hook gradio caches every file of a request through (gradio_changes.py checks that it
+        # still does). A link is passed on as it is: the handler fetches it with the safe fetcher.
         if is_url(url_or_file_path):
             return url_or_file_path
         return await super().async_move_resource_to_block_cache(url_or_file_path)
 
 
-def save_url(url: str, policy: FetchPolicy, cache_dir: str) -> str:
-    """Fetch an image link into the app's cache (purged with the uploads); refusals are gr.Error."""
+class CaptionFiles(gr.File):
+    """gr.File whose links are fetched by the safe fetcher (fetch.py), never by gradio itself."""
+
+    is_template = True  # render with the stock File frontend
+    fetch_policy = FetchPolicy()  # build_demo sets each instance's own from its AppLimits
+
+    async def async_move_resource_to_block_cache(self, url_or_file_path):
+        if is_url(url_or_file_path):
+            return await asyncio.to_thread(save_url, url_or_file_path, self.fetch_policy, self.GRADIO_CACHE, True)
+        return await super().async_move_resource_to_block_cache(url_or_file_path)
+
+
+def save_url(url: str, policy: FetchPolicy, cache_dir: str, keep_name: bool = False) -> str:
+    """Fetch an image link into the app's cache (purged with the uploads); refusals are gr.Error.
+    With `keep_name`, the file is named as the link names it (tables list it by that name)."""
     try:
         data = fetch_bytes(url, policy)
     except CaptionError as error:
         raise gr.Error(f"Could not use this image link: {error}", print_exception=False) from None
-    return save_bytes(data, cache_dir, "urls")
+    return save_bytes(data, cache_dir, "urls", _name_in(url) if keep_name else None)
+
+
+def _name_in(url: str) -> str:
+    """The link's last path segment as a harmless file name."""
+    name = re.sub(r"[^\w.-]", "_", unquote(urlsplit(url).path.rsplit("/", 1)[-1]))[-100:]
+    return name if name.strip("._") else "image"
 
 
 def _save_data_url(url: str, max_bytes: int, cache_dir: str) -> str:
@@ -70,10 +92,10 @@ def _save_data_url(url: str, max_bytes: int, cache_dir: str) -> str:
     return save_bytes(data, cache_dir, "data-urls")
 
 
-def save_bytes(data: bytes, cache_dir: str, folder: str) -> str:
-    directory = Path(cache_dir) / folder
+def save_bytes(data: bytes, cache_dir: str, folder: str, name: str | None = None) -> str:
+    directory = Path(cache_dir) / folder / (uuid.uuid4().hex if name else "")
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{uuid.uuid4().hex}.bin"
+    path = directory / (name or f"{uuid.uuid4().hex}.bin")
     path.write_bytes(data)
     return str(path)
 

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import gradio as gr
 
 from .components import CaptionImage, save_bytes
+from .gradio_changes import not_an_mcp_tool
 from ..errors import CaptionError, InvalidSettings, RequestTooLarge
 from ..exports import write_downloads
 from ..fetch import fetch_bytes, is_url
@@ -201,7 +202,6 @@ for _name, _first in (("validate", "image"), ("caption", "image"), ("caption_man
     )
 
 # The page's batched handlers are API endpoints for gradio_client, but not tools an agent can use
-# (their inputs are uploaded files and widget values): tools.py makes those. gradio lists as MCP
-# tools only functions without an `_mcp_type` other than "tool".
+# (their inputs are uploaded files and widget values): tools.py makes those.
 for _handler in (CaptionService.caption, CaptionService.caption_many):
-    _handler._mcp_type = "page handler"
+    not_an_mcp_tool(_handler)

@@ -14,7 +14,7 @@ from typing import Any
 import gradio as gr
 
 from .accessibility import ANNOUNCE_CAPTION_JS
-from .components import CaptionImage, SettingNumber, SettingRadio, SettingSlider, save_url
+from .components import CaptionFiles, CaptionImage, SettingNumber, SettingRadio, SettingSlider, save_url
 from .gradio_changes import adapt_gradio, can_unbatch_validators
 from ..images import IMAGE_SUFFIXES
 from ..engine.inference import Captioner
@@ -95,9 +95,10 @@ def build_demo(captioner: Captioner, limits: AppLimits = AppLimits()) -> gr.Bloc
                 f"Caption up to {limits.max_images_per_request} images at once (alt text for a "
                 "folder) with the settings above, and download the results."
             )
-            files = gr.File(
+            files = CaptionFiles(
                 file_count="multiple", file_types=sorted(IMAGE_SUFFIXES), label="Images", elem_id="many-files"
             )
+            files.fetch_policy = limits.fetch_policy()
             many_button = gr.Button("Caption all", variant="primary", elem_id="many-button")
             table = gr.Dataframe(
                 headers=["file", "caption"], label="Captions", interactive=False, elem_id="many-table", type="array",
