@@ -231,7 +231,7 @@ def main() -> None:
             "batch_sizes": dict(sorted(tally.batch_sizes.items(), reverse=True)),
         }
         if isinstance(path, Direct):
-            row["linear_kind"] = path.captioner.engine.speedups.linear_kind  # native kernel, oneDNN or int8
+            row["linear_kind"] = path.captioner.speedups.linear_kind  # native kernel, oneDNN or int8
         if isinstance(path, App):
             row.update(peak_rss_mb=peak_rss[path.name], cold_start_s=path.cold_start_s)
             direct = next(tallies[p.name] for p in paths if isinstance(p, Direct) and p.dtype == path.dtype)

@@ -194,3 +194,21 @@ async def mcp_session(url, calls):
             await session.initialize()
             tools = {tool.name: tool for tool in (await session.list_tools()).tools}
             return tools, [await session.call_tool(name, arguments) for name, arguments in calls]
+
+
+def native_kernel_unsupported() -> str:
+    """Why this machine cannot run the native kernel at all, or "": a platform without it skips the
+    tests that need it. A missing compiler is not such a reason (CI installs one): that fails."""
+    import platform
+
+    from captioner.engine import native
+
+    if sys.platform != "linux" or platform.machine() != "x86_64":
+        return f"the native kernel is built for Linux x86-64, not {sys.platform} {platform.machine()}"
+    return "" if native.usable_instruction_sets() else "this CPU has no AVX2/FMA"
+
+
+def needs_native_kernel(test):
+    import pytest
+
+    return pytest.mark.skipif(bool(native_kernel_unsupported()), reason=native_kernel_unsupported() or "runs here")(test)

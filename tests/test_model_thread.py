@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from captioner import Captioner, CaptionSettings, inference
+from captioner import Captioner, CaptionSettings
+from captioner.engine import inference
 from captioner.engine.model_thread import THREAD_NAME, is_model_thread, on_model_thread, when_model_idle
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -3,10 +3,10 @@
 import pytest
 import torch
 from captioner import CaptionSettings, Captioner
-from captioner.engine import speedups
+from captioner.engine import speedups, transformers_changes
 from captioner.engine.random_models import build_random_model, build_tokenizer
 from captioner.engine.speedups import GroupedCrossAttention, NativeLinear, generation_scope, speed_up
-from helpers import photo
+from helpers import needs_native_kernel, photo
 
 STRATEGIES = {
     "beam": CaptionSettings(),
@@ -27,10 +27,14 @@ def test_both_speedups_are_applied_to_the_tiny_vit_gpt2(captioner):
     encoder_layers = captioner.model.config.encoder.num_hidden_layers
     # Decoder, per layer: attention in/out, cross-attention query/keys-values/out, MLP in/out; plus
     # the LM head. Encoder, per layer: query, key, value, attention out, MLP in/out; plus the pooler.
-    assert captioner.engine.speedups.linear_layers == 7 * layers + 1 + 6 * encoder_layers + 1
-    assert captioner.engine.speedups.grouped_cross_attention == layers
-    # This machine builds the native kernel (CI installs a C compiler): the tests below exercise it.
-    assert captioner.engine.speedups.linear_kind == "native", captioner.engine.speedups.skipped
+    assert captioner.speedups.linear_layers == 7 * layers + 1 + 6 * encoder_layers + 1
+    assert captioner.speedups.grouped_cross_attention == layers
+
+
+@needs_native_kernel
+def test_the_native_kernel_is_in_use_where_the_cpu_runs_it(captioner):
+    # CI installs a C compiler: the tests below exercise the kernel wherever the CPU can run it.
+    assert captioner.speedups.linear_kind == "native", captioner.speedups.skipped
     assert isinstance(captioner.model.decoder.lm_head, NativeLinear)
     assert isinstance(captioner.model.encoder.layers[0].attention.q_proj, NativeLinear)
 
@@ -85,11 +89,26 @@ def test_outside_a_generation_scope_the_stock_cross_attention_runs(tiny_checkpoi
 
 
 def test_unchecked_transformers_keeps_stock_cross_attention(monkeypatch):
-    monkeypatch.setattr(speedups, "transformers_version", lambda: "6.0.0")
+    monkeypatch.setattr(transformers_changes, "transformers_version", lambda: "6.0.0")
     _, fast, report = _pair("tiny")
     assert report.grouped_cross_attention == 0 and "6.0.0" in report.skipped
     assert report.linear_layers > 0  # oneDNN packing does not depend on transformers' internals
     assert not isinstance(fast.decoder.transformer.h[0].crossattention, GroupedCrossAttention)
+
+
+def test_unchecked_torch_keeps_stock_linear_layers_and_exact_captions(monkeypatch):
+    from captioner.engine import native
+
+    monkeypatch.setattr(speedups, "CHECKED_TORCH", ("0.0.",))
+    monkeypatch.setattr(speedups, "linear_kernel", lambda: (None, "switched off here"))
+    plain, fast, report = _pair("tiny")
+    assert report.linear_kind == "stock" and report.linear_layers == 0
+    assert "switched off here" in report.skipped and "not checked on torch" in report.skipped
+    assert not any(isinstance(m, (speedups.PackedLinear, native.LinearKernel)) for m in fast.modules())
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        assert torch.equal(fast.generate(pixels, num_beams=3, max_length=10),
+                           plain.generate(pixels, num_beams=3, max_length=10))
 
 
 def test_only_cpu_fp32_is_sped_up():

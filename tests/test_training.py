@@ -309,9 +309,14 @@ def test_cli_trains_two_pretrained_halves_with_accumulation_then_evaluates(halve
     assert len(rows) == 6 and rows[0]["caption"] == same  # the CSV holds the app's own captions
 
 
-def test_resume_goes_on_from_the_last_checkpoint_as_if_never_stopped(shapes_base, small_shapes, tmp_path):
+def test_resume_goes_on_from_the_last_checkpoint_as_if_never_stopped(shapes_base, small_shapes, tmp_path,
+                                                                     monkeypatch, caplog):
+    import shutil
+
     import torch
     from safetensors.torch import load_file
+
+    from captioner.engine import transformers_changes
 
     dataset = load_dataset(small_shapes / "train")
 
@@ -324,14 +329,21 @@ def test_resume_goes_on_from_the_last_checkpoint_as_if_never_stopped(shapes_base
 
     straight = run(tmp_path / "straight", 2)
     run(tmp_path / "stopped", 1)
-    resumed = run(tmp_path / "stopped", 2, resume=True)
-    assert [round(h["epoch"]) for h in resumed["validation"]] == [2]  # epoch 1 was not trained again
-    steps = [last_trainer_state(tmp_path / name)["global_step"] for name in ("stopped", "straight")]
-    assert steps[0] == steps[1]
-    assert resumed["validation"][-1]["loss"] == pytest.approx(straight["validation"][-1]["loss"], rel=1e-4)
-    ours, theirs = (load_file(tmp_path / name / "model.safetensors") for name in ("stopped", "straight"))
-    assert ours.keys() == theirs.keys()
-    assert all(torch.allclose(ours[k], theirs[k], atol=1e-5) for k in ours)
+    shutil.copytree(tmp_path / "stopped", tmp_path / "stopped-fallback")
+    caplog.set_level("INFO", logger="captioner.engine")
+    resumed = {"stopped": run(tmp_path / "stopped", 2, resume=True)}
+    # The same, on a transformers whose private loader is unchecked: the weights are preloaded instead.
+    monkeypatch.setattr(transformers_changes, "CHECKED_TRANSFORMERS", ("0.0.",))
+    resumed["stopped-fallback"] = run(tmp_path / "stopped-fallback", 2, resume=True)
+    paths = [r.getMessage() for r in caplog.records if "resuming:" in r.getMessage()]
+    assert "by name" in paths[-2] and "preloaded" in paths[-1], paths
+    for name, summary in resumed.items():
+        assert [round(h["epoch"]) for h in summary["validation"]] == [2]  # epoch 1 was not trained again
+        assert last_trainer_state(tmp_path / name)["global_step"] == last_trainer_state(tmp_path / "straight")["global_step"]
+        assert summary["validation"][-1]["loss"] == pytest.approx(straight["validation"][-1]["loss"], rel=1e-4)
+        ours, theirs = (load_file(tmp_path / folder / "model.safetensors") for folder in (name, "straight"))
+        assert ours.keys() == theirs.keys()
+        assert all(torch.allclose(ours[k], theirs[k], atol=1e-5) for k in ours), name
 
 
 def test_resume_without_a_checkpoint_starts_from_the_beginning(shapes_base, small_shapes, tmp_path, capsys):

@@ -18,7 +18,8 @@ and most of that in:
 Both change only how the same arithmetic is done: captions equal stock `generate`'s, as
 tests/test_speedups.py checks for beam search, greedy and seeded sampling, batched and alone.
 The cross-attention change depends on GPT-2's attention internals, so it is applied only on the
-transformers versions it was checked against; elsewhere the model is left stock.
+transformers versions it was checked against (transformers_changes.py), and oneDNN packing only on
+the torch releases checked (CHECKED_TORCH); elsewhere those parts stay stock.
 """
 
 from __future__ import annotations
@@ -35,9 +36,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .native import LinearKernel, linear_kernel
+from . import transformers_changes
 
-# GPT2Attention's forward signature and cache handling were read and tested on these releases.
-CHECKED_TRANSFORMERS = ("5.23.",)
+# torch.ops.mkldnn's packed linear ops (private) were read and tested on these releases.
+CHECKED_TORCH = ("2.13.",)
 PACK_ROWS_HINT = 32  # the rows oneDNN packs the weight for: a hint, any batch size runs
 
 
@@ -111,16 +113,15 @@ class NativeLinear(nn.Module):
         return y.view(*x.shape[:-1], self.out_features)
 
 
-def transformers_version() -> str:
-    import transformers
-
-    return transformers.__version__
-
-
-def _gpt2_attention_class():
-    from transformers.models.gpt2.modeling_gpt2 import GPT2Attention
-
-    return GPT2Attention
+def onednn_packing() -> str:
+    """Why PackedLinear cannot be used here, or "" where it can (the torch ops are private)."""
+    if not torch.backends.mkldnn.is_available():
+        return "this PyTorch has no oneDNN"
+    if not torch.__version__.startswith(CHECKED_TORCH):
+        return f"oneDNN packing not checked on torch {torch.__version__}"
+    if not all(hasattr(torch.ops.mkldnn, op) for op in ("_reorder_linear_weight", "_linear_pointwise")):
+        return "this PyTorch lacks oneDNN's packed linear ops"
+    return ""
 
 
 class GroupedCrossAttention(nn.Module):
@@ -206,7 +207,7 @@ class SpeedupReport:
     linear_layers: int  # replaced by native-kernel or oneDNN-packed (exact) or int8 (fast mode) ones
     grouped_cross_attention: int
     skipped: str = ""  # why a part was not applied
-    linear_kind: str = ""  # "native", "onednn" or "int8"
+    linear_kind: str = ""  # "native", "onednn", "int8" or "stock"
 
 
 def own_weights(model: nn.Module) -> None:
@@ -238,22 +239,18 @@ def speed_up(model, int8: bool = False) -> SpeedupReport:
         return SpeedupReport(0, 0, "only the CPU fp32 path is sped up")
     if decoder is None or getattr(decoder.config, "model_type", "") != "gpt2":
         return SpeedupReport(0, 0, "the decoder is not GPT-2")
-    if not torch.backends.mkldnn.is_available():
-        return SpeedupReport(0, 0, "this PyTorch has no oneDNN")
-
     own_weights(model)
     grouped = 0
     skipped = ""
-    attention_class = _gpt2_attention_class()
-    version = transformers_version()
-    if version.startswith(CHECKED_TRANSFORMERS):
+    attention_class = transformers_changes.gpt2_attention_class()
+    if transformers_changes.checked_transformers():
         for block in decoder.transformer.h:
             stock = getattr(block, "crossattention", None)
             if isinstance(stock, attention_class) and not stock.reorder_and_upcast_attn:
                 block.crossattention = GroupedCrossAttention(stock)
                 grouped += 1
     else:
-        skipped = f"grouped cross-attention not checked on transformers {version}"
+        skipped = f"grouped cross-attention not checked on transformers {transformers_changes.transformers_version()}"
 
     if int8:
         return SpeedupReport(quantize_int8(model), grouped, skipped, "int8")
@@ -262,17 +259,20 @@ def speed_up(model, int8: bool = False) -> SpeedupReport:
         kind = "native"
         from_conv1d = functools.partial(NativeLinear.from_conv1d, kernel=kernel)
         from_linear = functools.partial(NativeLinear.from_linear, kernel=kernel)
-    else:
+    elif not (no_packing := onednn_packing()):
         kind, from_conv1d, from_linear = "onednn", PackedLinear.from_conv1d, PackedLinear.from_linear
         skipped = "; ".join(filter(None, [skipped, why_not]))
+    else:  # the linear layers stay stock
+        return SpeedupReport(0, grouped, "; ".join(filter(None, [skipped, why_not, no_packing])), "stock")
     replaced = _replace_modules(decoder, Conv1D, from_conv1d)
     if isinstance(getattr(decoder, "lm_head", None), nn.Linear):
-        # Tied to the token embedding, which stays for the lookup: the packed copy costs 150 MB.
+        # Tied to the token embedding, which stays for the lookup: the packed copy is one more
+        # vocabulary-by-768 matrix in memory.
         decoder.lm_head = from_linear(decoder.lm_head)
         replaced += 1
     encoder = getattr(model, "encoder", None)
     if kind == "native" and encoder is not None:
-        # The encoder's products (197 rows an image) are compute-bound; the kernel ran them 4-12%
-        # faster than MKL here, and hands its work out dynamically. oneDNN was no faster than MKL.
+        # The encoder's products (197 rows an image) are compute-bound; the kernel runs them faster
+        # than MKL and hands its work out dynamically; oneDNN packing is left to the decoder.
         replaced += _replace_modules(encoder, nn.Linear, from_linear)
     return SpeedupReport(replaced, grouped, skipped, kind)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from ..engine.transformers_changes import load_checkpoints_by_name, preload_checkpoint
 from .data import CaptionDataset, image_input
 from ..errors import InvalidImage, ModelLoadError
 from ..images import load_image
@@ -160,6 +161,7 @@ def stage_for_epoch(epoch: float, epochs: float) -> str:
 def train(config: TrainConfig, dataset: CaptionDataset) -> dict:
     """Fine-tune and save model, tokenizer, image processor and generation config to `output`."""
     from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback, set_seed
+    from transformers.trainer_utils import get_last_checkpoint
 
     set_seed(config.seed)
     model, tokenizer, image_processor = load_model_for_training(config)
@@ -224,14 +226,7 @@ def train(config: TrainConfig, dataset: CaptionDataset) -> dict:
                 )
             return super().create_optimizer(*args, **kwargs)
 
-        def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-            # transformers 5.23's Trainer resumes with a raw load_state_dict of checkpoint-*/model.safetensors,
-            # where save_pretrained wrote ViT's weights under their legacy names: they would be reported
-            # missing and silently stay at their starting values. from_pretrained maps the names back.
-            target = getattr(model, "module", model) if model is not None else self.model
-            saved = type(self.model).from_pretrained(resume_from_checkpoint)
-            target.load_state_dict(saved.state_dict(), strict=True)
-
+    loads_by_name = load_checkpoints_by_name(AllParametersTrainer)
     trainer = AllParametersTrainer(
         model=model,
         args=arguments,
@@ -246,9 +241,12 @@ def train(config: TrainConfig, dataset: CaptionDataset) -> dict:
     resume = config.resume and any((output / "checkpoints").glob("checkpoint-*"))
     if config.resume and not resume:
         print(f"no checkpoint in {output / 'checkpoints'} yet: starting from the beginning", flush=True)
+    resume_from = get_last_checkpoint(str(output / "checkpoints")) if resume else None
+    if resume_from and not loads_by_name:
+        preload_checkpoint(model, resume_from)
     # The Trainer prints its log lines to stdout; they go to stderr, so stdout holds only the summary.
     with contextlib.redirect_stdout(sys.stderr):
-        result = trainer.train(resume_from_checkpoint=True if resume else None)
+        result = trainer.train(resume_from_checkpoint=resume_from)
     trainable_parts(model, "all")
     trainer.save_model(str(output))  # the Trainer saves from the main process only
     summary = {
