@@ -21,6 +21,21 @@ from helpers import SRC, encode, free_port, photo
 CAPTIONS = ["a red square", "a blue circle", "a green triangle", "a small red circle"]
 
 
+def assert_trained_and_saved(output: Path, start: Path) -> None:
+    """The saved model is the last checkpoint's weights, training changed them, and the app's loader
+    captions with what was saved (its tokenizer and image processor too)."""
+    import torch
+    from safetensors.torch import load_file
+
+    saved = load_file(output / "model.safetensors")
+    last = max((output / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    checkpointed, before = load_file(last / "model.safetensors"), load_file(Path(start) / "model.safetensors")
+    assert saved.keys() == checkpointed.keys() and all(torch.equal(saved[k], checkpointed[k]) for k in saved)
+    assert any(not torch.equal(saved[k], before[k]) for k in saved.keys() & before.keys())
+    captions = Captioner.from_pretrained(output).caption([photo(1, size=(32, 32)), photo(2, size=(32, 32))])
+    assert [len(c) for c in captions] == [1, 1] and all(isinstance(c[0].text, str) for c in captions)
+
+
 def write_parquet(path, count=12, corrupt=(3, 8)):
     images, texts = [], []
     for i in range(count):
@@ -80,7 +95,7 @@ def test_training_on_parquet_skips_undecodable_images_and_draws_curves(tiny_chec
     assert len(plotted["train"]) == sum("loss" in h for h in history) >= 2
     assert len(plotted["validation"]) == sum("eval_loss" in h for h in history) == 2
     assert [round(v[1], 6) for v in plotted["validation"]] == [round(v["loss"], 6) for v in summary["validation"]]
-    assert Captioner.from_pretrained(output).caption([photo(1, size=(32, 32))])[0][0].text is not None
+    assert_trained_and_saved(output, tiny_checkpoint)
 
 
 def test_evaluate_takes_the_same_parquet_and_leaves_out_undecodable_images(tiny_checkpoint, tmp_path, capsys):
@@ -161,8 +176,7 @@ def test_two_processes_train_one_model_with_one_summary(launcher, tiny_checkpoin
     assert done.stderr.count("saved to") == 1 and done.stderr.count("curves in") == 1
     assert (output / "training_curves.png").is_file()
     assert summary["train_examples"] + summary["validation_examples"] == 17  # 16 rows + a second caption
-    model = Captioner.from_pretrained(output)
-    assert model.caption([photo(2, size=(32, 32))])[0][0].text is not None
+    assert_trained_and_saved(output, tiny_checkpoint)
 
 
 def test_report_to_without_its_package_is_one_line_with_exit_2(tiny_checkpoint, tmp_path, monkeypatch, capsys):
