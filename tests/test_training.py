@@ -74,8 +74,9 @@ def shapes_base(tmp_path_factory):
     directory = tmp_path_factory.mktemp("shapes-base")
     tokenizer = build_tokenizer("tiny", corpus=[WORDS])
     model = build_random_model(tokenizer, "tiny", seed=0, image_size=32)
-    # Narrow initial weights train better than the tiny checkpoint's wide ones.
-    encoder = ViTConfig(image_size=64, patch_size=8, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+    # Narrow initial weights train better than the tiny checkpoint's wide ones. The 64-pixel drawings
+    # are read at 32 pixels (16 patches): shape and colour still show, at a quarter of the encoder's work.
+    encoder = ViTConfig(image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                         intermediate_size=128)
     decoder = GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=64, n_layer=2, n_head=4,
                          add_cross_attention=True, bos_token_id=tokenizer.eos_token_id,
@@ -90,7 +91,7 @@ def shapes_base(tmp_path_factory):
     )
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
-    build_image_processor(64).save_pretrained(directory)
+    build_image_processor(32).save_pretrained(directory)
     return directory
 
 
@@ -126,9 +127,8 @@ def test_fine_tuning_learns_the_synthetic_captions(shapes_base, shapes_data, fin
     right_after = sum(names_right_thing(after["predictions"][str(k)], r) for k, r in references.items())
     right_before = sum(names_right_thing(before["predictions"][str(k)], r) for k, r in references.items())
     sample = list(after["predictions"].values())[:6]
-    # Measured on an Intel Xeon, 2026-12-02: 24 of 24 for training seeds 0, 1 and 2 (119 of 120 on a
-    # larger held-out draw); untrained: none. 10 epochs, enough on the earlier AMD machines, gave
-    # 14-18 of 24 there: colour learned, shape not yet (validation loss still falling).
+    # Fewer epochs (or larger batches at the same epochs) learn colour first and shape later: the
+    # bound wants both, which the fixture's 3000 optimizer steps give on every seed tried.
     assert right_after >= 0.9 * len(references) and right_before <= 0.2 * len(references), (right_after, sample)
     assert after["metrics"]["BLEU-4"] > 0.8 > before["metrics"]["BLEU-4"] + 0.5, (after["metrics"], before["metrics"])
     rows = list(csv.DictReader((output / "eval.csv").open()))
