@@ -127,9 +127,9 @@ def test_fine_tuning_learns_the_synthetic_captions(shapes_base, shapes_data, fin
     right_after = sum(names_right_thing(after["predictions"][str(k)], r) for k, r in references.items())
     right_before = sum(names_right_thing(before["predictions"][str(k)], r) for k, r in references.items())
     sample = list(after["predictions"].values())[:6]
-    # Fewer epochs (or larger batches at the same epochs) learn colour first and shape later: the
-    # bound wants both, which the fixture's 3000 optimizer steps give on every seed tried.
-    assert right_after >= 0.9 * len(references) and right_before <= 0.2 * len(references), (right_after, sample)
+    # Colour is learned first, shape later: the bound wants both for most held-out images, which the
+    # fixture's 3000 optimizer steps give on every training seed tried (fewer steps do not).
+    assert right_after >= 0.8 * len(references) and right_before <= 0.2 * len(references), (right_after, sample)
     assert after["metrics"]["BLEU-4"] > 0.8 > before["metrics"]["BLEU-4"] + 0.5, (after["metrics"], before["metrics"])
     rows = list(csv.DictReader((output / "eval.csv").open()))
     assert len(rows) == len(references) and all(r["references"] for r in rows)
