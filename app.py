@@ -86,7 +86,7 @@ def create_demo(args: argparse.Namespace):
 def launch_options(limits: AppLimits, host: str, port: int | None, mcp: bool = True) -> dict:
     """launch() settings for a public deployment; the tests launch with these too."""
     return dict(
-        **page_options(),  # theme, focus ring, announcements (captioner/accessibility.py)
+        **page_options(),  # theme, focus ring, announcements (captioner/app/accessibility.py)
         server_name=host, server_port=port, max_file_size=f"{limits.max_file_mb}mb",
         mcp_server=mcp,  # the caption tools for agents at /gradio_api/mcp/
         show_error=False,  # visitors see our messages (gr.Error), never internal exception text

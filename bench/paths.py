@@ -68,7 +68,7 @@ class ModelCard:
     """The model card's code inside the benchmark's own process, taking turns with the other paths:
     a reference, not the baseline (it shares the process with the Captioners and a gradio client;
     a user's fresh process is faster). It runs on the same thread as Captioner's model work
-    (captioner/model_thread.py): a second thread of torch work would give the process a second
+    (captioner/engine/model_thread.py): a second thread of torch work would give the process a second
     OpenMP team, and both would slow down.
     """
 

@@ -5,6 +5,9 @@ import os
 # huggingface_hub reads this at import time: no test may reach for the network.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# Libraries that write these when first used (gradio's launch(), `import ray`): set once, for every test.
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "True"
+os.environ["RAY_CLIENT_MODE"] = "0"
 # Tests talk to 127.0.0.1 and ::1 only. Libraries that reach out on their own (Ray's head probes
 # the cloud metadata address 169.254.169.254 and metadata.google.internal even with usage stats
 # off) go through a proxy that is a closed loopback port, so they fail at once; this process and

@@ -144,10 +144,11 @@ def wait_until_waiting(jobs, timeout=60):
     raise AssertionError(f"jobs not queued after {timeout} s: {[job.status().code for job in jobs]}")
 
 
-def run_cli(*args, env=None):
+def run_cli(*args, env=None, timeout=300):
+    """`python -m captioner ARGS` in a process of its own, as a person runs it."""
     environment = {**os.environ, "PYTHONPATH": SRC, "HF_HUB_OFFLINE": "1", **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "captioner", *args], capture_output=True, text=True, env=environment, timeout=300
+        [sys.executable, "-m", "captioner", *args], capture_output=True, text=True, env=environment, timeout=timeout
     )
 
 

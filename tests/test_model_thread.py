@@ -1,4 +1,4 @@
-"""All model work runs on one thread, whoever calls (captioner/model_thread.py says why)."""
+"""All model work runs on one thread, whoever calls (captioner/engine/model_thread.py says why)."""
 
 import os
 import subprocess
@@ -179,9 +179,10 @@ def test_failing_idle_work_is_logged_and_the_thread_serves_on(quick_idle, caplog
 def test_the_app_gives_memory_back_once_the_model_is_idle_not_after_every_batch(
         captioner, photos, tmp_path, quick_idle, monkeypatch):
     from captioner.app import service as ui
+    from captioner.engine import inference
 
     trims: list[tuple[str, float]] = []
-    monkeypatch.setattr(ui, "release_free_memory", lambda: trims.append((current_thread_name(), time.monotonic())))
+    monkeypatch.setattr(inference, "release_free_memory", lambda: trims.append((current_thread_name(), time.monotonic())))
     service = ui.CaptionService(captioner, ui.AppLimits())
     widgets = ["Beam search", 6, 2, 1.0, 50, 1.0, 1.0, 0, 1, -1]  # the settings as the page sends them
     for index, image in enumerate(photos[:3]):  # three batches back to back: no trim between them

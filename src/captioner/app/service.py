@@ -77,7 +77,7 @@ class CaptionService:
     def validate(self, image, *settings):
         """Runs per request before it joins the queue: a bad request never reaches a batch.
 
-        Called with this one request's values (see gradio_queue.validate_one_request_at_a_time).
+        Called with this one request's values (see gradio_changes.validate_one_request_at_a_time).
         """
         try:
             self._check_request(image, list(settings))

@@ -3,7 +3,7 @@
 app.py, notebooks and tests call it with the Captioner they loaded. Every model call goes through
 one queue (concurrency id "model", one at a time) so the page, the API and the examples share the
 model and its batches. The handlers are in service.py, the components in components.py, and the
-changes to gradio's queue in gradio_queue.py.
+changes to gradio in gradio_changes.py.
 """
 
 from __future__ import annotations

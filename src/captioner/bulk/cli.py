@@ -1,5 +1,5 @@
 """`python -m captioner caption ...`: the flags of bulk captioning, and the run that wires a source,
-the Captioner (or Ray) and the writers together. The work itself is in bulk.py and its writers."""
+the Captioner (or Ray) and the writers together. The work itself is in pipeline.py and its writers."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Only paths (or, for a Parquet dataset, one record batch at a time) are held up front; images are
 decoded a few batches ahead of the model on a small thread pool (Pillow releases the GIL while it
 decodes), and each finished batch goes to the writers at once (outputs.py). The Ray path
-(bulk_ray.py) feeds the same writers with the same `Result` batches.
+(ray_data.py) feeds the same writers with the same `Result` batches.
 """
 
 from __future__ import annotations
