@@ -93,9 +93,9 @@ def test_cli_starts_its_own_local_ray(tiny_checkpoint, images, tmp_path):
     env.pop("RAY_ADDRESS", None)
     command = [sys.executable, "-m", "captioner", "caption", "--model", str(tiny_checkpoint), str(images),
                "--sidecar", ".txt", "--output-dir"]
-    single = subprocess.run([*command, str(out / "single")], env=env, capture_output=True, text=True, timeout=300)
+    single = main([*command[3:], str(out / "single")])  # the reference, in this process
     on_ray = subprocess.run([*command, str(out / "ray"), "--ray"], env=env, capture_output=True, text=True, timeout=300)
-    assert single.returncode == 1 and on_ray.returncode == 1, on_ray.stderr[-3000:]
+    assert single == 1 and on_ray.returncode == 1, on_ray.stderr[-3000:]
     captions = {p.relative_to(out / "single"): p.read_text() for p in (out / "single").rglob("*.txt")}
     assert len(captions) == 11
     assert {p.relative_to(out / "ray"): p.read_text() for p in (out / "ray").rglob("*.txt")} == captions
