@@ -25,7 +25,7 @@ from captioner import Captioner
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from captioner.engine.random_models import save_random_checkpoint  # noqa: E402
-from helpers import RunningApp, photo  # noqa: E402
+from helpers import RunningApp, encode, photo  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -59,3 +59,18 @@ def environment_left_as_found():
     changed = {k for k in before.keys() | os.environ.keys()
                if before.get(k) != os.environ.get(k) and k != "PYTEST_CURRENT_TEST"}
     assert not changed, f"the test left these environment variables changed: {sorted(changed)}"
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """Photos, a nested folder, and the files a real folder holds besides: broken, empty, cut, text."""
+    root = tmp_path / "photos"
+    (root / "nested").mkdir(parents=True)
+    for i in range(5):
+        photo(i).save(root / f"p{i}.jpg")
+    photo(9).save(root / "nested" / "q.png")
+    (root / "nested" / "broken.jpg").write_bytes(b"not an image")
+    (root / "empty.png").write_bytes(b"")
+    (root / "cut.jpg").write_bytes(encode(photo(3), "JPEG")[:300])
+    (root / "notes.txt").write_text("not an image suffix: not listed")
+    return root

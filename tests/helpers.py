@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import http.server
 import io
+import json
 import os
 import shutil
 import signal
@@ -213,3 +214,14 @@ def needs_native_kernel(test):
     import pytest
 
     return pytest.mark.skipif(bool(native_kernel_unsupported()), reason=native_kernel_unsupported() or "runs here")(test)
+
+
+def caption_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def expected_captions(captioner, paths, **settings) -> list[str]:
+    from captioner import CaptionSettings, load_image
+
+    images = [load_image(p) for p in paths]
+    return [c[0].text for c in captioner.caption(images, CaptionSettings(**settings))]

@@ -6,65 +6,15 @@ import random
 
 import pytest
 from gradio_client import handle_file
-from PIL import Image, ImageDraw
 
 from captioner import Captioner, CaptionSettings
 from captioner.engine.random_models import build_random_model, build_tokenizer
-from captioner.train.data import DatasetError, load_dataset
+from captioner.train.data import load_dataset
 from captioner.train.evaluation import evaluate
 from captioner.train.training import TrainConfig, stage_for_epoch, train, trainable_parts
 from captioner.engine.random_models import build_image_processor
 from helpers import RunningApp, run_cli
-
-COLOURS = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 220), "yellow": (240, 220, 20)}
-SHAPES = ("circle", "square", "triangle")
-BACKGROUNDS = {"white": (250, 250, 250), "black": (10, 10, 10)}
-WORDS = " ".join(["a", "on", "background", *COLOURS, *SHAPES, *BACKGROUNDS])
-
-
-def draw(colour: str, shape: str, background: str, rng: random.Random) -> Image.Image:
-    image = Image.new("RGB", (64, 64), BACKGROUNDS[background])
-    pen = ImageDraw.Draw(image)
-    size = rng.randint(26, 40)
-    x, y = rng.randint(2, 62 - size), rng.randint(2, 62 - size)
-    box = (x, y, x + size, y + size)
-    fill = COLOURS[colour]
-    if shape == "circle":
-        pen.ellipse(box, fill=fill)
-    elif shape == "square":
-        pen.rectangle(box, fill=fill)
-    else:
-        pen.polygon([(x, y + size), (x + size, y + size), (x + size // 2, y)], fill=fill)
-    return image
-
-
-def make_shapes(folder, count: int, seed: int) -> list[tuple[str, str]]:
-    """Images + their captions ("a red circle on a white background")."""
-    rng = random.Random(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for index in range(count):
-        colour, shape, background = rng.choice(list(COLOURS)), rng.choice(SHAPES), rng.choice(list(BACKGROUNDS))
-        name = f"{index:04d}.png"
-        draw(colour, shape, background, rng).save(folder / name)
-        rows.append((name, f"a {colour} {shape} on a {background} background"))
-    return rows
-
-
-def write_metadata(folder, rows, kind="jsonl"):
-    if kind == "jsonl":
-        (folder / "metadata.jsonl").write_text("".join(json.dumps({"file_name": n, "text": t}) + "\n" for n, t in rows))
-    else:
-        with (folder / "metadata.csv").open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["file_name", "text"])
-            writer.writerows(rows)
-
-
-def names_right_thing(caption: str, reference: str) -> bool:
-    words = reference.split()
-    return words[1] in caption and words[2] in caption  # colour and shape
-
+from shapes import WORDS, draw, make_shapes, names_right_thing, write_metadata
 
 @pytest.fixture(scope="module")
 def shapes_base(tmp_path_factory):
@@ -169,77 +119,6 @@ def test_staged_unfreezing_thaws_cross_attention_then_decoder_then_all(shapes_ba
     assert thawed == {n for n, _ in model.named_parameters() if n.startswith("decoder.")}
     trainable_parts(model, "all")
     assert all(p.requires_grad for p in model.parameters())
-
-
-# --- data formats and bad rows ---
-
-@pytest.fixture
-def little_set(tmp_path):
-    rows = make_shapes(tmp_path / "images", 4, seed=3)
-    (tmp_path / "images" / "broken.png").write_bytes(b"not an image")
-    return tmp_path, rows
-
-
-def test_imagefolder_jsonl_and_csv_with_several_captions_per_image(little_set):
-    root, rows = little_set
-    folder = root / "images"
-    extra = [(rows[0][0], "another caption of the first image")]
-    for kind in ("jsonl", "csv"):
-        for name in ("metadata.jsonl", "metadata.csv"):
-            (folder / name).unlink(missing_ok=True)
-        write_metadata(folder, rows + extra, kind)
-        dataset = load_dataset(folder)
-        assert dataset.format == "imagefolder" and len(dataset.examples) == 5 and len(dataset.images) == 4
-        assert len(dataset.references()[folder / rows[0][0]]) == 2
-
-
-def test_coco_captions_json(little_set):
-    root, rows = little_set
-    annotations = root / "annotations"
-    annotations.mkdir()
-    document = {
-        "images": [{"id": i, "file_name": name} for i, (name, _) in enumerate(rows)],
-        "annotations": [{"id": 10 + i, "image_id": i, "caption": text} for i, (_, text) in enumerate(rows)]
-        + [{"id": 99, "image_id": 0, "caption": "a second caption"}],
-    }
-    (annotations / "captions_val2017.json").write_text(json.dumps(document))
-    dataset = load_dataset(root)
-    assert dataset.format == "coco" and len(dataset.examples) == 5 and len(dataset.images) == 4
-
-
-def test_flickr_token_file(little_set):
-    root, rows = little_set
-    lines = [f"{name}#{n}\t{text}" for name, text in rows for n in range(2)]
-    (root / "Flickr8k.token.txt").write_text("\n".join(lines) + "\n")
-    dataset = load_dataset(root)
-    assert dataset.format == "flickr" and len(dataset.examples) == 8 and len(dataset.images) == 4
-
-
-def test_bad_rows_are_reported_and_skipped_without_decoding_any_image(little_set, monkeypatch):
-    from PIL import Image as PILImage
-
-    root, rows = little_set
-    folder = root / "images"
-    bad = [("missing.png", "a caption of nothing"), ("broken.png", "a caption of garbage"), (rows[1][0], "  ")]
-    write_metadata(folder, rows + bad)
-    monkeypatch.setattr(PILImage, "open", lambda *a, **k: pytest.fail("an image was opened while loading"))
-    dataset = load_dataset(folder)
-    # The broken image is found when training reaches it (test_training_scale.py), not here.
-    assert len(dataset.examples) == 5
-    assert dict(dataset.skipped) == {"missing image file": 1, "empty caption": 1}
-    assert "skipped 2 bad rows" in dataset.report() and len(dataset.skipped_rows) == 2
-
-
-def test_unknown_layout_is_refused_clearly(tmp_path):
-    with pytest.raises(DatasetError, match="metadata.jsonl"):
-        load_dataset(tmp_path)
-
-
-def test_split_keeps_each_images_captions_together(little_set):
-    root, rows = little_set
-    write_metadata(root / "images", rows + [(rows[0][0], "x y z"), (rows[2][0], "z y x")])
-    train_part, validation = load_dataset(root / "images").split(0.25, seed=0)
-    assert validation.examples and not set(train_part.images) & set(validation.images)
 
 
 # --- the command line, two pretrained halves, accumulation, resume ---
