@@ -1,8 +1,9 @@
 """Image captioning with a ViT-GPT2 VisionEncoderDecoder model, for the app, the API and the CLI."""
 
+from .engine.inference import Caption, Captioner
 from .errors import CaptionError, InvalidImage, InvalidSettings, ModelLoadError, RequestTooLarge
 from .images import ImageLimits, load_image
-from .engine.inference import DEFAULT_MODEL, Caption, Captioner
+from .model_source import DEFAULT_MODEL
 from .settings import DEFAULT_SETTINGS, CaptionSettings
 
 __all__ = [

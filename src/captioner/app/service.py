@@ -17,14 +17,14 @@ from typing import Any, Sequence
 
 import gradio as gr
 
-from .components import CaptionImage, save_bytes
-from .gradio_changes import not_an_mcp_tool
+from ..engine.inference import Caption, Captioner
 from ..errors import CaptionError, InvalidSettings, RequestTooLarge
 from ..exports import write_downloads
 from ..fetch import fetch_bytes, is_url
 from ..images import load_image
-from ..engine.inference import Caption, Captioner
 from ..settings import SETTING_NAMES, CaptionSettings
+from .components import CaptionImage, save_bytes
+from .gradio_changes import not_an_mcp_tool
 
 log = logging.getLogger("captioner.app")
 STRATEGY_LABELS = {"Beam search": "beam", "Greedy": "greedy", "Sampling": "sample"}

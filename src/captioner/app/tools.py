@@ -14,11 +14,11 @@ from typing import Any, Literal
 
 import gradio as gr
 
+from ..engine.inference import Caption
 from ..errors import CaptionError
 from ..fetch import FetchPolicy, fetch_bytes
-from ..engine.inference import Caption
-from .service import CaptionService, format_captions
 from ..settings import BOUNDS, SETTING_HELP, SETTING_NAMES, STRATEGIES, CaptionSettings, shown_default
+from .service import CaptionService, format_captions
 
 ABOUT = ("ViT-GPT2 (nlpconnect/vit-gpt2-image-captioning) writes one short English sentence about "
          "everyday scenes; treat it as a draft (it can guess and carries COCO's biases).")

@@ -13,13 +13,13 @@ from typing import Any
 
 import gradio as gr
 
+from ..engine.inference import Captioner
+from ..images import IMAGE_SUFFIXES
+from ..settings import BOUNDS, DEFAULT_SETTINGS, RANDOM_SEED, SETTING_NAMES, CaptionSettings, shown_default
 from .accessibility import ANNOUNCE_CAPTION_JS
 from .components import CaptionFiles, CaptionImage, SettingNumber, SettingRadio, SettingSlider, save_url
 from .gradio_changes import adapt_gradio, can_unbatch_validators
-from ..images import IMAGE_SUFFIXES
-from ..engine.inference import Captioner
 from .service import STRATEGY_LABELS, AppLimits, CaptionService
-from ..settings import BOUNDS, DEFAULT_SETTINGS, RANDOM_SEED, SETTING_NAMES, CaptionSettings, shown_default
 from .tools import make_tools
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[3] / "examples"

@@ -16,9 +16,9 @@ from ..arguments import (
     MODEL_HELP, add_image_limit_arguments, add_precision_argument, add_settings_arguments,
     image_limits_from_arguments, integer, model_source, settings_from_arguments, text,
 )
-from .pipeline import Item, Summary, caption_batches, file_items, read_path_list, run
 from ..errors import CaptionError
 from .outputs import SIDECAR_POLICIES, MetadataOutput, Printer, RowsOutput, Sidecars
+from .pipeline import Item, Summary, caption_batches, file_items, read_path_list, run
 
 BATCH = 8  # images decoded and captioned together
 OUTPUT_SUFFIXES = (".jsonl", ".csv", ".parquet")

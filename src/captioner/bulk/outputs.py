@@ -15,13 +15,13 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .pipeline import Item, Result
 from ..exports import (
     CSV_COLUMNS, FORMULA_START, AppendFile, OutputError, csv_header, json_line, path_text, read_csv_keys,
     read_jsonl_keys, write_csv_rows,
 )
 from ..fetch import is_url
 from ..images import IMAGE_SUFFIXES
+from .pipeline import Item, Result
 
 MODES = ("new", "resume", "overwrite")
 # A caption file that cannot be written for one of these reasons stops the run: the next would fail too.

@@ -14,10 +14,10 @@ import os
 from pathlib import Path
 from typing import Iterator, NamedTuple, Sequence
 
-from .pipeline import Item, Result, SourceError
 from ..exports import AppendFile, OutputError, json_line, path_from_text, path_text, read_jsonl_keys
 from ..images import image_cell
 from .outputs import refuse_existing
+from .pipeline import Item, Result, SourceError
 
 READ_ROWS = 256  # rows read at once: a batch of images' bytes, not the dataset
 

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
+from ..engine.inference import Caption, Captioner
 from ..errors import CaptionError
 from ..fetch import FetchPolicy, fetch_bytes, is_url
 from ..images import IMAGE_SUFFIXES, load_image
-from ..engine.inference import Caption, Captioner
 from ..settings import CaptionSettings
 
 

@@ -18,11 +18,11 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from .pipeline import Item, Result, caption_chunk, decode
 from ..errors import CaptionError
 from ..images import DEFAULT_LIMITS, ImageLimits
-from .parquet import RowReader, RowRef
 from ..settings import CaptionSettings
+from .parquet import RowReader, RowRef
+from .pipeline import Item, Result, caption_chunk, decode
 
 log = logging.getLogger("captioner.bulk.ray_data")
 PACKAGE_DIR = str(Path(__file__).resolve().parents[1])  # the whole captioner package

@@ -18,8 +18,8 @@ import time
 from concurrent.futures import Future
 from typing import Callable, Sequence
 
-from .model_thread import on_model_thread
 from ..settings import CaptionSettings
+from .model_thread import on_model_thread
 
 log = logging.getLogger("captioner.engine.batching")
 

@@ -17,15 +17,13 @@ from typing import Iterator, Sequence
 import torch
 from PIL import Image
 
-from .batching import DynamicBatcher
 from ..errors import ModelLoadError, RequestTooLarge
 from ..images import DEFAULT_LIMITS, ImageInput, ImageLimits, load_image
-from .memory import release_free_memory
-from ..model_source import (  # noqa: F401 - DEFAULT_MODEL is public here
-    DEFAULT_MODEL, MODEL_ENV_VAR, PRECISIONS, check_source, load_failure_message, resolve_source,
-)
-from .model_thread import on_model_thread, when_model_idle
+from ..model_source import MODEL_ENV_VAR, PRECISIONS, check_source, load_failure_message, resolve_source
 from ..settings import DEFAULT_SETTINGS, CaptionSettings
+from .batching import DynamicBatcher
+from .memory import release_free_memory
+from .model_thread import on_model_thread, when_model_idle
 from .speedups import SpeedupReport, generation_scope, speed_up
 
 log = logging.getLogger("captioner.engine.inference")

@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .native import LinearKernel, linear_kernel
 from . import transformers_changes
+from .native import LinearKernel, linear_kernel
 
 # torch.ops.mkldnn's packed linear ops (private) were read and tested on these releases.
 CHECKED_TORCH = ("2.13.",)

@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .annotations import DatasetError, coco, flickr, imagefolder
 from ..errors import one_line, require
 from ..images import image_cell
+from .annotations import DatasetError, coco, flickr, imagefolder
 
 
 @dataclass(frozen=True)

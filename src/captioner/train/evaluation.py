@@ -11,12 +11,12 @@ import re
 import shutil
 from pathlib import Path
 
-from .data import CaptionDataset, DatasetError, image_input
+from ..engine.inference import Captioner
 from ..errors import InvalidImage
 from ..exports import OutputError, csv_header, write_csv_rows
 from ..images import load_image
-from ..engine.inference import Captioner
 from ..settings import DEFAULT_SETTINGS, CaptionSettings
+from .data import CaptionDataset, DatasetError, image_input
 
 METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
 

@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 
 from ..engine.transformers_changes import load_checkpoints_by_name, preload_checkpoint
-from .data import CaptionDataset, image_input
 from ..errors import InvalidImage, ModelLoadError
 from ..images import load_image
+from .data import CaptionDataset, image_input
 
 STAGES = ("cross-attention", "decoder", "all")
 
