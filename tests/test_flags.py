@@ -149,7 +149,9 @@ def test_train_answers_any_flags_with_output_or_one_line(tiny_checkpoint, tiny_i
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(argv=arguments(SETTING_VALUES))
 def test_evaluate_answers_any_flags_with_output_or_one_line(cached_loader, tiny_checkpoint, tiny_imagefolder, argv):
-    with tempfile.TemporaryDirectory() as output:
+    # The flags are tested, not the scores: without the JVM that METEOR starts on every run.
+    with tempfile.TemporaryDirectory() as output, pytest.MonkeyPatch.context() as patch:
+        patch.setattr("captioner.train.evaluation.java_found", lambda: False)
         base = ["evaluate", "--data", str(tiny_imagefolder), "--model", str(tiny_checkpoint), "--json",
                 "--output", str(Path(output) / "scores.csv")]
         assert_the_rule(*run([*base, *argv]))

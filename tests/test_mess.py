@@ -47,6 +47,15 @@ def test_messy_folder_each_image_once_in_every_format_and_after_resume(tiny_chec
         assert read_rows(out) == first
 
 
+def finished_records(data: bytes, quoted: bool) -> bytes:
+    """What a killed run had finished: up to the last line end that is not inside a quoted CSV field."""
+    end = len(data)
+    while (end := data.rfind(b"\n", 0, end)) >= 0:
+        if not quoted or data.count(b'"', 0, end) % 2 == 0:
+            return data[: end + 1]
+    return b""
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
 def test_messy_folder_killed_mid_run_then_resumed_gives_each_image_once(tiny_checkpoint, tmp_path, suffix):
@@ -56,11 +65,19 @@ def test_messy_folder_killed_mid_run_then_resumed_gives_each_image_once(tiny_che
     written = out.with_name(out.name + ".partial.jsonl") if suffix == ".parquet" else out
     command = [sys.executable, "-m", "captioner", "caption", "--model", str(tiny_checkpoint), "--output", str(out),
                "--batch-size", "4", str(root)]
-    env = kill_once_written(command, written, 40)
-    assert written.read_bytes().count(b"\n") < len(good + bad), "killed too late to test anything"
+    env = kill_once_written(command, written, 40)  # SIGKILL: no handler, no flush, no clean-up runs
+    finished = finished_records(written.read_bytes(), quoted=suffix == ".csv")
+    assert 40 <= finished.count(b"\n") < len(good + bad), "killed too late to test anything"
     resumed = subprocess.run([*command, "--resume"], env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 1 and "Traceback" not in resumed.stderr, resumed.stderr[-2000:]
-    assert_each_once(read_rows(out), good, bad)
+    if suffix == ".parquet":
+        assert not written.exists()  # the journal is gone once the Parquet file is whole
+    else:
+        assert out.read_bytes().startswith(finished)  # what was finished is kept byte for byte
+    rows = read_rows(out)
+    assert_each_once(rows, good, bad)
+    # In the order of a run never stopped: the folder's files, sorted as paths.
+    assert [row["path"] for row in rows] == [str(p) for p in sorted(map(Path, good + bad))]
 
 
 def test_messy_folder_to_the_terminal_one_line_per_image(tiny_checkpoint, tmp_path):

@@ -25,13 +25,19 @@ def _simple_tokenize(text: str) -> str:
     return " ".join(re.findall(r"[a-z0-9]+(?:'[a-z]+)?", text.lower()))
 
 
+def java_found() -> bool:
+    """The COCO tools' PTB tokenizer and METEOR run on Java; without it the scores use a simple
+    tokenizer and leave METEOR out."""
+    return shutil.which("java") is not None
+
+
 def score_captions(predictions: dict[str, str], references: dict[str, list[str]]) -> tuple[dict, str]:
     """Corpus-level metrics; keys are image ids. Returns (metrics, tokenizer used)."""
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.rouge.rouge import Rouge
 
-    java = shutil.which("java") is not None
+    java = java_found()
     if java:
         from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
