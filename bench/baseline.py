@@ -24,9 +24,11 @@ class ModelCardProcess:
             [sys.executable, str(ROOT / "bench" / "model_card.py"), str(checkpoint), device, str(NEW_TOKENS + 1)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )
+        self.seconds: list[float] = []
+
+    def wait_ready(self) -> None:
         if self.process.stdout.readline().strip() != "ready":
             raise SystemExit("bench/model_card.py did not start")
-        self.seconds: list[float] = []
 
     def caption_one(self, path: str) -> str:
         began = time.perf_counter()
@@ -58,7 +60,10 @@ class FreshBaseline:
     batched = False
 
     def __init__(self, checkpoint: Path, device: str) -> None:
+        # Started together (their start-up is not measured), then paused until their turns.
         self.processes = [ModelCardProcess(checkpoint, device) for _ in range(2)]
+        for process in self.processes:
+            process.wait_ready()
         self.pause()
         self.turn = 0
 
