@@ -29,20 +29,27 @@ def violations(page) -> list[str]:
             for v in result["violations"]]
 
 
-@pytest.fixture
-def page(running_app):
+@pytest.fixture(scope="module")
+def browser():
     from playwright.sync_api import sync_playwright
 
     assert os.path.exists(CHROMIUM), "install Debian's chromium (the README's test command does)"
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 1280, "height": 1100})
-        context.grant_permissions(["clipboard-read", "clipboard-write"], origin=running_app.url.rstrip("/"))
-        page = context.new_page()
-        page.goto(running_app.url)
-        page.wait_for_selector("#caption-button", timeout=60_000)
-        yield page
+        yield browser
         browser.close()
+
+
+@pytest.fixture
+def page(browser, running_app):
+    """A fresh visitor for each test: a context of its own (no focus, clipboard or page state shared)."""
+    context = browser.new_context(viewport={"width": 1280, "height": 1100})
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=running_app.url.rstrip("/"))
+    page = context.new_page()
+    page.goto(running_app.url)
+    page.wait_for_selector("#caption-button", timeout=60_000)
+    yield page
+    context.close()
 
 
 def caption_text(page, previous=""):
