@@ -80,21 +80,22 @@ def test_messy_folder_killed_mid_run_then_resumed_gives_each_image_once(tiny_che
     assert [row["path"] for row in rows] == [str(p) for p in sorted(map(Path, good + bad))]
 
 
-def test_messy_folder_to_the_terminal_one_line_per_image(tiny_checkpoint, tmp_path):
+def test_messy_folder_to_the_terminal_one_line_per_image(tiny_checkpoint, tmp_path, capsys):
     root = tmp_path / "disk"
     good, bad = messy_folder(root)
     env = {**os.environ, "PYTHONPATH": SRC}
-    for extra in ([], ["--json"]):
-        done = subprocess.run([sys.executable, "-m", "captioner", "caption", "--model", str(tiny_checkpoint), *extra,
-                               str(root)], env=env, capture_output=True, timeout=300)
-        assert done.returncode == 1 and b"Traceback" not in done.stderr, done.stderr[-2000:]
-        lines = done.stdout.decode("utf-8").splitlines()  # valid UTF-8, whatever the names
-        assert len(lines) == len(good) + len(bad)
-        if extra:
-            assert sorted(json.loads(line)["path"] for line in lines) == sorted(good + bad)
-        else:
-            assert sum("\tERROR: " in line for line in lines) == len(bad)
-            assert f"{root}/new\\nline.png\t" in done.stdout.decode()
+    # To a real terminal's pipe, as a person runs it: the bytes must be UTF-8 whatever the names.
+    done = subprocess.run([sys.executable, "-m", "captioner", "caption", "--model", str(tiny_checkpoint), str(root)],
+                          env=env, capture_output=True, timeout=300)
+    assert done.returncode == 1 and b"Traceback" not in done.stderr, done.stderr[-2000:]
+    lines = done.stdout.decode("utf-8").splitlines()
+    assert len(lines) == len(good) + len(bad) and sum("\tERROR: " in line for line in lines) == len(bad)
+    assert f"{root}/new\\nline.png\t" in done.stdout.decode()
+    # JSON lines, in this process: text that encodes as UTF-8 (no lone surrogates from raw names).
+    assert main(["caption", "--model", str(tiny_checkpoint), "--json", str(root)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert all(line.encode("utf-8") for line in lines)
+    assert sorted(json.loads(line)["path"] for line in lines) == sorted(good + bad)
 
 
 def test_sidecars_in_a_messy_folder_and_a_persons_caption_in_any_encoding(tiny_checkpoint, tmp_path, capsys):
