@@ -158,6 +158,7 @@ def last_trainer_state(output) -> dict:
     return json.loads((checkpoints[-1] / "trainer_state.json").read_text())
 
 
+@pytest.mark.slow
 def test_cli_trains_two_pretrained_halves_with_accumulation_then_evaluates(halves, small_shapes, tmp_path):
     from transformers import VisionEncoderDecoderModel
 
