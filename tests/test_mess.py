@@ -84,7 +84,7 @@ def test_messy_folder_to_the_terminal_one_line_per_image(tiny_checkpoint, tmp_pa
     root = tmp_path / "disk"
     good, bad = messy_folder(root)
     env = {**os.environ, "PYTHONPATH": SRC}
-    # To a real terminal's pipe, as a person runs it: the bytes must be UTF-8 whatever the names.
+    # In a process of its own, as a person runs it: the bytes on stdout must be UTF-8 whatever the names.
     done = subprocess.run([sys.executable, "-m", "captioner", "caption", "--model", str(tiny_checkpoint), str(root)],
                           env=env, capture_output=True, timeout=300)
     assert done.returncode == 1 and b"Traceback" not in done.stderr, done.stderr[-2000:]
