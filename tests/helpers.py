@@ -225,3 +225,10 @@ def expected_captions(captioner, paths, **settings) -> list[str]:
 
     images = [load_image(p) for p in paths]
     return [c[0].text for c in captioner.caption(images, CaptionSettings(**settings))]
+
+
+def scores_without_java(patch) -> None:
+    """Score with the simple tokenizer, for tests where the metric's value is not the point: with
+    Java, every evaluation starts a JVM for METEOR and the PTB tokenizer, seconds each time.
+    `patch` is pytest's monkeypatch (or a MonkeyPatch.context())."""
+    patch.setattr("captioner.train.evaluation.java_found", lambda: False)

@@ -43,10 +43,6 @@ def images(tmp_path):
     return folder
 
 
-def rows(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
 @pytest.mark.slow
 def test_ray_resumes_a_messy_folder_to_the_single_process_rows(local_ray, tiny_checkpoint, tmp_path):
     """One Ray run, since each starts its actors afresh: names that are not UTF-8 (they travel

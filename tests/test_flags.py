@@ -20,7 +20,7 @@ from captioner.cli import main
 from captioner.train.cli import SCHEDULERS
 from captioner.train.data import load_dataset
 from captioner.errors import CaptionError
-from helpers import encode, photo
+from helpers import encode, photo, scores_without_java
 
 EVERYDAY_TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=12)
 NUMBERS = st.sampled_from(["0", "1", "2", "-1", "3.5", "1e3", "nan", "inf", "", " 4 ", "abc", "0x10", "9" * 30])
@@ -151,7 +151,7 @@ def test_train_answers_any_flags_with_output_or_one_line(tiny_checkpoint, tiny_i
 def test_evaluate_answers_any_flags_with_output_or_one_line(cached_loader, tiny_checkpoint, tiny_imagefolder, argv):
     # The flags are tested, not the scores: without the JVM that METEOR starts on every run.
     with tempfile.TemporaryDirectory() as output, pytest.MonkeyPatch.context() as patch:
-        patch.setattr("captioner.train.evaluation.java_found", lambda: False)
+        scores_without_java(patch)
         base = ["evaluate", "--data", str(tiny_imagefolder), "--model", str(tiny_checkpoint), "--json",
                 "--output", str(Path(output) / "scores.csv")]
         assert_the_rule(*run([*base, *argv]))

@@ -1,11 +1,9 @@
 """Caption scores: the COCO tools with Java (PTB tokenizer and METEOR), a simple tokenizer without."""
 
-import shutil
-
 import pytest
 
-from captioner.train import evaluation
-from captioner.train.evaluation import score_captions
+from captioner.train.evaluation import java_found, score_captions
+from helpers import scores_without_java
 
 PREDICTIONS = {"1": "A red circle, on a white background.", "2": "a dog on a mat", "3": "a blue square"}
 REFERENCES = {"1": ["a red circle on a white background"], "2": ["a cat on a mat", "a cat sitting on a mat"],
@@ -13,7 +11,7 @@ REFERENCES = {"1": ["a red circle on a white background"], "2": ["a cat on a mat
 
 
 def simple_scores(monkeypatch, predictions, references):
-    monkeypatch.setattr(evaluation, "java_found", lambda: False)
+    scores_without_java(monkeypatch)
     return score_captions(predictions, references)
 
 
@@ -27,7 +25,7 @@ def test_without_java_the_simple_tokenizer_scores_and_meteor_is_left_out(monkeyp
     assert perfect["ROUGE-L"] == pytest.approx(1.0)
 
 
-@pytest.mark.skipif(shutil.which("java") is None, reason="no Java here: the PTB tokenizer and METEOR need it")
+@pytest.mark.skipif(not java_found(), reason="no Java here: the PTB tokenizer and METEOR need it")
 def test_with_java_meteor_is_scored_and_plain_english_tokenizes_as_without(monkeypatch):
     metrics, tokenizer = score_captions(PREDICTIONS, REFERENCES)
     assert tokenizer == "PTB (Java)" and 0 < metrics["METEOR"] < 1

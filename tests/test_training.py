@@ -12,7 +12,7 @@ from captioner.engine.random_models import build_image_processor, build_random_m
 from captioner.train.data import load_dataset
 from captioner.train.evaluation import evaluate
 from captioner.train.training import TrainConfig, stage_for_epoch, train, trainable_parts
-from helpers import RunningApp, run_cli
+from helpers import RunningApp, run_cli, scores_without_java
 from shapes import WORDS, draw, make_shapes, names_right_thing, write_metadata
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def fine_tuned(shapes_base, shapes_data, tmp_path_factory):
 @pytest.mark.slow
 def test_fine_tuning_learns_the_synthetic_captions(shapes_base, shapes_data, fine_tuned, monkeypatch):
     output, summary = fine_tuned
-    monkeypatch.setattr("captioner.train.evaluation.java_found", lambda: False)  # BLEU is enough: no JVM
+    scores_without_java(monkeypatch)  # BLEU is enough
     assert summary["validation"] and summary["validation"][-1]["loss"] < summary["validation"][0]["loss"]
     test = load_dataset(shapes_data / "test")
     greedy = CaptionSettings(strategy="greedy")

@@ -16,7 +16,7 @@ from PIL import Image
 from captioner import Captioner
 from captioner.cli import main
 from captioner.train.data import load_dataset
-from helpers import SRC, encode, free_port, photo
+from helpers import SRC, encode, free_port, photo, scores_without_java
 
 CAPTIONS = ["a red square", "a blue circle", "a green triangle", "a small red circle"]
 
@@ -100,7 +100,7 @@ def test_training_on_parquet_skips_undecodable_images_and_draws_curves(tiny_chec
 
 def test_evaluate_takes_the_same_parquet_and_leaves_out_undecodable_images(tiny_checkpoint, tmp_path, capsys,
                                                                            monkeypatch):
-    monkeypatch.setattr("captioner.train.evaluation.java_found", lambda: False)  # what is tested is the data
+    scores_without_java(monkeypatch)  # what is tested is the data
     source = write_parquet(tmp_path / "test.parquet", corrupt=(3,))
     code = main(["evaluate", "--data", str(source), "--model", str(tiny_checkpoint), "--json",
                  "--output", str(tmp_path / "eval.csv")])
