@@ -171,13 +171,40 @@ def run_load(url: str, images: list[str], clients: int = 64, requests: int = 100
     }
 
 
+def free_loopback_port() -> int:
+    """A loopback port nobody holds, from below the kernel's ephemeral range.
+
+    A port that bind(0) hands out comes from the ephemeral range, where every outgoing connection
+    of every process (a neighbouring test process's clients too) also takes its port: between this
+    check and the server's own bind, one of them could take it. Below that range only explicit
+    binds take ports; the random pick keeps two callers at once apart.
+    """
+    import random
+
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768  # Linux's default range starts here
+    # Ray's workers take 10002-19999 by default: stay above them.
+    candidates = list(range(20000, max(low, 20001)))
+    random.SystemRandom().shuffle(candidates)
+    for port in candidates[:200]:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as sock:  # a machine whose low ports are all taken: the kernel's choice
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def launch_app(app_args: list[str], log_path: Path | None = None, timeout_s: float = 600) -> tuple[subprocess.Popen, str]:
     """app.py in its own process on a free loopback port, offline; returns once it answers HTTP."""
     import httpx
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_loopback_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
     log = log_path.open("w") if log_path else subprocess.DEVNULL
     process = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--port", str(port), *app_args],

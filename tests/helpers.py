@@ -76,11 +76,9 @@ def files_handler(files: dict[str, bytes]):
 
 
 def free_port() -> int:
-    import socket
+    from load import free_loopback_port  # bench/load.py: outside the range other processes' connections use
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_loopback_port()
 
 
 class RunningApp:
@@ -93,8 +91,14 @@ class RunningApp:
         self.limits = limits or AppLimits()
         self.demo = build_demo(captioner, self.limits)
         self.service = self.demo.caption_service
-        options = app_module.launch_options(self.limits, "127.0.0.1", free_port())
-        self.demo.launch(prevent_thread_lock=True, quiet=True, **options)
+        for attempt in range(5):
+            options = app_module.launch_options(self.limits, "127.0.0.1", free_port())
+            try:
+                self.demo.launch(prevent_thread_lock=True, quiet=True, **options)
+                break
+            except OSError:  # another process bound the port between the check and the launch
+                if attempt == 4:
+                    raise
         self.url = self.demo.local_url
 
     def client(self):

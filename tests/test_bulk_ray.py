@@ -102,18 +102,35 @@ def test_cli_starts_its_own_local_ray(tiny_checkpoint, images, tmp_path):
     assert {p.relative_to(out / "ray"): p.read_text() for p in (out / "ray").rglob("*.txt")} == captions
 
 
+# Ray's own processes are the probe's descendants; a worker may end while they are looked at,
+# and the other test process's Ray (and everything else on the machine) is none of this test's.
+LISTENING_PROBE = """if True:
+    import psutil
+    from captioner.bulk.ray_data import start_ray
+    ray, _ = start_ray()
+    print(ray.util.get_node_ip_address())
+    listening, looked_at = set(), 0
+    for process in psutil.Process().children(recursive=True):
+        try:
+            listening |= {c.laddr.ip for c in process.net_connections("inet") if c.status == "LISTEN"}
+            looked_at += 1
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            pass  # it ended while we looked: it listens on nothing now
+    print(looked_at)
+    print(sorted(listening))
+"""
+
+
 @pytest.mark.slow
 def test_the_clis_local_ray_listens_on_loopback_only(tmp_path):
-    probe = ("from captioner.bulk.ray_data import start_ray; import psutil, os; ray, _ = start_ray(); "
-             "print(ray.util.get_node_ip_address()); "
-             "print(sorted({c.laddr.ip for p in psutil.process_iter() if 'ray' in ' '.join(p.cmdline() or []) "
-             "for c in p.net_connections('inet') if c.status == 'LISTEN'}))")
     env = {**os.environ, "PYTHONPATH": SRC}
     env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
     env.pop("RAY_ADDRESS", None)
-    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", LISTENING_PROBE], env=env, capture_output=True, text=True,
+                          timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
-    node, listening = done.stdout.strip().splitlines()[-2:]
+    node, looked_at, listening = done.stdout.strip().splitlines()[-3:]
     assert node == "127.0.0.1"
+    assert int(looked_at) >= 2, done.stdout  # the GCS and the raylet at least
     addresses = [ipaddress.ip_address(a) for a in json.loads(listening.replace("'", '"'))]
     assert addresses and all((getattr(a, "ipv4_mapped", None) or a).is_loopback for a in addresses), listening
