@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from ..caption_files import write_atomically
 from ..exports import (
     CSV_COLUMNS, FORMULA_START, AppendFile, OutputError, csv_header, json_line, path_text, read_csv_keys,
     read_jsonl_keys, write_csv_rows,
@@ -181,14 +182,7 @@ class Sidecars:
             old = target.read_bytes().strip()
             if old:
                 data = old + b" " + data if self.policy == "append" else data + b" " + old
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # Written whole, then renamed over: a kill never leaves half a caption file.
-        partial = target.with_name(f".{target.name}.partial")
-        try:
-            partial.write_bytes(data + b"\n")
-            os.replace(partial, target)
-        finally:
-            partial.unlink(missing_ok=True)
+        write_atomically(target, data + b"\n")  # a kill never leaves half a caption file
 
     def finish(self) -> None:
         pass

@@ -5,65 +5,10 @@ image or a caption, which data.py counts and reports."""
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from pathlib import Path
 
-from ..errors import CaptionError, one_line
-
-
-class DatasetError(CaptionError):
-    """The data folder is missing, empty, or in no format we know."""
-
-
-FileRow = tuple[Path | None, object, str]  # image, caption (any JSON value), where (for the report)
-
-
-def imagefolder(metadata: Path) -> list[FileRow]:
-    root = metadata.parent
-    rows: list[FileRow] = []
-    if metadata.suffix == ".jsonl":
-        for number, line in enumerate(read_text(metadata).splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                record = None
-            if not isinstance(record, dict):
-                rows.append((None, "", f"{metadata.name}:{number} (not a JSON object)"))
-                continue
-            rows.append(_folder_row(root, record, f"{metadata.name}:{number}"))
-        return rows
-    reader = csv.DictReader(io.StringIO(read_text(metadata), newline=""))
-    columns = reader.fieldnames or []
-    if "file_name" not in columns or not {"text", "caption"} & set(columns):
-        raise DatasetError(f"{metadata} needs the columns file_name and text (it has: {', '.join(map(one_line, columns)) or 'none'})")
-    try:
-        for number, record in enumerate(reader, 2):
-            rows.append(_folder_row(root, record, f"{metadata.name}:{reader.line_num}"))
-    except csv.Error as error:
-        raise DatasetError(f"{metadata} line {reader.line_num}: not valid CSV ({error})") from None
-    return rows
-
-
-def read_text(path: Path) -> str:
-    """A data file's text; one that cannot be read is one line naming it."""
-    try:
-        return path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise DatasetError(f"{path} is not UTF-8 text (byte {error.start})") from None
-    except OSError as error:
-        raise DatasetError(f"cannot read {path}: {error.strerror or error}") from None
-
-
-def _folder_row(root: Path, record: dict, where: str) -> FileRow:
-    name = record.get("file_name")
-    text = record.get("text")
-    if text is None:
-        text = record.get("caption") or ""
-    return ((root / name) if isinstance(name, str) and name else None, text, where)
+from ..caption_files import DatasetError, FileRow, imagefolder, read_text  # noqa: F401 - data.py imports them from here
 
 
 def coco(annotations: Path) -> list[FileRow]:
