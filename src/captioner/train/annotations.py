@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..caption_files import DatasetError, FileRow, imagefolder, read_text  # noqa: F401 - data.py imports them from here
+from ..caption_files import DatasetError, FileRow, read_text
 
 
 def coco(annotations: Path) -> list[FileRow]:

@@ -28,9 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..caption_files import DatasetError, imagefolder
 from ..errors import one_line, require
 from ..images import image_cell
-from .annotations import DatasetError, coco, flickr, imagefolder
+from .annotations import coco, flickr
 
 
 @dataclass(frozen=True)
