@@ -149,10 +149,12 @@ def test_relative_names_starting_a_formula_are_neutralised(tiny_checkpoint, tmp_
 
 
 def test_app_downloads_are_spreadsheet_safe(tmp_path):
-    rows = [{"file": "=HYPERLINK(1).png", "caption": "@SUM(A1)"}, {"file": "ok.png", "caption": "", "error": "-1"}]
+    rows = [{"file": "=HYPERLINK(1).png", "caption": "@SUM(A1)", "flags": ["short", "duplicate"]},
+            {"file": "ok.png", "caption": "", "error": "-1", "flags": ["error"]}]
     csv_path, jsonl_path = write_downloads(rows, tmp_path)
     cells = list(csv.reader(open(csv_path, encoding="utf-8", newline="")))
-    assert cells == [["file", "caption", "error"], ["'=HYPERLINK(1).png", "'@SUM(A1)", ""], ["ok.png", "", "'-1"]]
+    assert cells == [["file", "caption", "flags", "error"], ["'=HYPERLINK(1).png", "'@SUM(A1)", "short | duplicate", ""],
+                     ["ok.png", "", "error", "'-1"]]
     assert json.loads(open(jsonl_path).readline())["file"] == "=HYPERLINK(1).png"  # JSON is data, not formulas
 
 

@@ -225,9 +225,9 @@ def csv_header(columns: Iterable[str]) -> str:
 def write_downloads(rows: list[dict[str, str]], directory: Path) -> tuple[str, str]:
     """The app's many-images downloads: captions.csv (spreadsheet-safe) and captions.jsonl."""
     csv_path, jsonl_path = directory / "captions.csv", directory / "captions.jsonl"
-    columns = ("file", "caption", "error")
+    columns = ("file", "caption", "flags", "error")
     with csv_path.open("w", newline="", encoding="utf-8") as handle:
         handle.write(csv_header(columns))
         write_csv_rows(handle, rows, columns)
-    jsonl_path.write_text("".join(json_line(r) for r in rows), encoding="utf-8")
+    jsonl_path.write_text("".join(json_line({c: r.get(c) for c in columns}) for r in rows), encoding="utf-8")
     return str(csv_path), str(jsonl_path)

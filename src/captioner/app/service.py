@@ -22,6 +22,7 @@ from ..errors import CaptionError, InvalidSettings, RequestTooLarge
 from ..exports import write_downloads
 from ..fetch import fetch_bytes, is_url
 from ..images import load_image
+from ..quality import describe, same_caption_counts, set_flags
 from ..settings import SETTING_NAMES, CaptionSettings
 from .components import CaptionImage, save_bytes
 from .gradio_changes import not_an_mcp_tool
@@ -171,8 +172,12 @@ class CaptionService:
             return load_image(source, self.image_limits)
 
     def caption_many(self, files: list[str] | None, *setting_values: Any):
-        """Caption several uploaded photos (the many-images tab): a table of file name and caption,
-        with CSV and JSON-lines downloads. Agents holding links use caption_images."""
+        """Caption several uploaded photos (the many-images tab): a table of file name, caption and
+        quality flags, with CSV and JSON-lines downloads. Agents holding links use caption_images.
+
+        The set goes to the model one batch at a time, and the table grows after each: a photo
+        sent from the first tab meanwhile joins the model's queue between two of the set's batches
+        (it waits about one batch, not the whole set; ui.py runs sets one at a time)."""
         try:
             settings = settings_from_widgets(*setting_values)
             if not files:
@@ -183,15 +188,38 @@ class CaptionService:
                 )
         except CaptionError as error:
             raise gr.Error(str(error), print_exception=False) from None
-        results = self.caption_each(len(files), lambda i: (self._decode(files[i]), settings))
-        rows: list[dict[str, str]] = []
-        for path, result in zip(files, results):
-            if isinstance(result, CaptionError):
-                rows.append({"file": Path(path).name, "caption": "", "error": str(result)})
-            else:
-                rows.append({"file": Path(path).name, "caption": result[0].text})
-        table = [[r["file"], r["caption"] or f"(not captioned: {r['error']})"] for r in rows]
-        return table, *write_downloads(rows, Path(tempfile.mkdtemp(prefix="captions-")))
+        rows: list[dict[str, Any]] = []
+        step = self.limits.max_batch_size
+        for start in range(0, len(files), step):
+            chunk = files[start : start + step]
+            results = self.caption_each(len(chunk), lambda i: (self._decode(chunk[i]), settings))
+            for path, result in zip(chunk, results):
+                if isinstance(result, CaptionError):
+                    rows.append({"file": Path(path).name, "caption": "", "error": str(result)})
+                else:
+                    rows.append({"file": Path(path).name, "caption": result[0].text, "score": result[0].score})
+            _flag(rows)
+            if len(rows) < len(files):
+                yield many_table(rows, len(files)), None, None
+        yield many_table(rows, len(files)), *write_downloads(rows, Path(tempfile.mkdtemp(prefix="captions-")))
+
+
+def _flag(rows: list[dict[str, Any]]) -> None:
+    """The quality flags of the set so far (quality.py): the same names the CLI's rows carry."""
+    flags = set_flags([r["caption"] for r in rows], [r.get("score") for r in rows], [r.get("error") for r in rows])
+    for row, row_flags in zip(rows, flags):
+        row["flags"] = row_flags
+
+
+def many_table(rows: list[dict[str, Any]], total: int) -> list[list[str]]:
+    """The many-images table: file, caption (or why there is none), flags in words; the images
+    still waiting for the model are counted in a last row."""
+    others = same_caption_counts([r["caption"] for r in rows], [r.get("error") for r in rows])
+    table = [[r["file"], r["caption"] or f"(not captioned: {r['error']})",
+              describe([f for f in r["flags"] if f != "error"], count)] for r, count in zip(rows, others)]
+    if len(rows) < total:
+        table.append([f"{total - len(rows)} more", "(waiting for the model)", ""])
+    return table
 
 
 # The API names each parameter after its function's signature: one per setting, in order.

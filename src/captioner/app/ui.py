@@ -2,7 +2,8 @@
 
 app.py, notebooks and tests call it with the Captioner they loaded. Every model call goes through
 one queue (concurrency id "model", one at a time) so the page, the API and the examples share the
-model and its batches. The handlers are in service.py, the components in components.py, and the
+model and its batches; sets of images (concurrency id "sets", one at a time) reach the model a batch at
+a time between them. The handlers are in service.py, the components in components.py, and the
 changes to gradio in gradio_changes.py.
 """
 
@@ -101,7 +102,8 @@ def build_demo(captioner: Captioner, limits: AppLimits = AppLimits()) -> gr.Bloc
             files.fetch_policy = limits.fetch_policy()
             many_button = gr.Button("Caption all", variant="primary", elem_id="many-button")
             table = gr.Dataframe(
-                headers=["file", "caption"], label="Captions", interactive=False, elem_id="many-table", type="array",
+                headers=["file", "caption", "needs a look"], label="Captions", interactive=False, elem_id="many-table",
+                type="array",
             )
             # The photos with their captions as their alternative text: the tool's own output, used as it is meant.
             gallery = gr.Gallery(label="Captioned images", elem_id="many-gallery", columns=6, height=320,
@@ -138,12 +140,15 @@ def build_demo(captioner: Captioner, limits: AppLimits = AppLimits()) -> gr.Bloc
         for tool in make_tools(service, limits.fetch_policy()):
             # Tools for agents (MCP) and link-holding API clients.
             gr.api(tool, api_name=tool.__name__, **links)
+        # Sets run one at a time, beside the page's photos rather than ahead of them: a set goes to
+        # the model a batch at a time (service.caption_many), and a photo sent meanwhile joins the
+        # Captioner's batcher between two of its batches instead of waiting for the whole set.
         many_button.click(
             service.caption_many,
             inputs=[files, *setting_inputs],
             outputs=[table, csv_file, jsonl_file],
             concurrency_limit=1,
-            concurrency_id="model",
+            concurrency_id="sets",
             api_name="caption_many",
         ).then(captioned_gallery, inputs=[files, table], outputs=[gallery], queue=False, api_visibility="private")
         # Each caption is also read out when it arrives (a live region; accessibility.py).
