@@ -4,7 +4,7 @@ Starts app.py in a fresh process on the full-size random checkpoint (every capti
 beam 4), then talks to it with gradio_client on loopback: a single photo's latency with the app
 otherwise idle (median of --singles), and the same request sent --delay seconds after a
 --set-size image /caption_many began (median of --tries). Prints both, their ratio, and how long
-each set took.
+each set took, with and without the photo beside it.
 
     python bench/fairness.py                                   # full size, 32-image sets, 3 tries
     python bench/fairness.py --size tiny --set-size 8 --tries 1   # a quick check of the script
@@ -52,6 +52,7 @@ def main() -> None:
             client = loopback_client(url)
             client.predict(single, api_name="/caption")  # warm-up: first-call costs are not a visitor's wait
             alone = [timed(lambda: client.predict(single, api_name="/caption")) for _ in range(args.singles)]
+            set_alone = timed(lambda: client.predict(members, api_name="/caption_many"))  # what sharing costs a set
             during, sets = [], []
             for _ in range(args.tries):
                 set_client = loopback_client(url)  # another visitor: a session of its own
@@ -71,13 +72,13 @@ def main() -> None:
     result = {
         "machine": machine_name("cpu"), "checkpoint": args.size, "set_size": args.set_size,
         "alone_s": [round(t, 2) for t in alone], "during_set_s": [round(t, 2) for t in during],
-        "set_s": [round(t, 2) for t in sets],
+        "set_s": [round(t, 2) for t in sets], "set_alone_s": round(set_alone, 2),
         "ratio": round(statistics.median(during) / statistics.median(alone), 2),
     }
     print(f"{result['machine']}, {args.size} checkpoint")
     print(f"a photo alone:            median {statistics.median(alone):.2f} s  {result['alone_s']}")
     print(f"the same during a set of {args.set_size}: median {statistics.median(during):.2f} s  {result['during_set_s']}")
-    print(f"ratio {result['ratio']}x (each set took {result['set_s']} s)")
+    print(f"ratio {result['ratio']}x (each set took {result['set_s']} s; one alone {result['set_alone_s']} s)")
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
 

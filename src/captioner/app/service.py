@@ -129,9 +129,10 @@ class CaptionService:
             raise gr.Error(outputs[0], print_exception=False)
         return [outputs]
 
-    def caption_each(self, count: int, prepare) -> list[list[Caption] | CaptionError]:
+    def caption_each(self, count: int, prepare, bulk: bool = False) -> list[list[Caption] | CaptionError]:
         """Caption `count` items, `prepare(i)` giving item i's (image, settings); an item whose
-        preparation fails gets its CaptionError in its place and the others are captioned together."""
+        preparation fails gets its CaptionError in its place and the others are captioned together.
+        `bulk`: a piece of a set, which lets other requests go first (batching.py)."""
         results: list[list[Caption] | CaptionError | None] = [None] * count
         ready: list[tuple[int, Any, CaptionSettings]] = []
         for index in range(count):
@@ -141,7 +142,7 @@ class CaptionService:
                 results[index] = error
         if ready:
             # The Captioner logs each generate call (batching.py), with whatever else was waiting.
-            captions = self.captioner.caption([r[1] for r in ready], [r[2] for r in ready])
+            captions = self.captioner.caption([r[1] for r in ready], [r[2] for r in ready], bulk=bulk)
             self.captioner.release_memory_when_idle()
             for (index, _, _), image_captions in zip(ready, captions):
                 results[index] = image_captions
@@ -175,9 +176,9 @@ class CaptionService:
         """Caption several uploaded photos (the many-images tab): a table of file name, caption and
         quality flags, with CSV and JSON-lines downloads. Agents holding links use caption_images.
 
-        The set goes to the model one batch at a time, and the table grows after each: a photo
-        sent from the first tab meanwhile joins the model's queue between two of the set's batches
-        (it waits about one batch, not the whole set; ui.py runs sets one at a time)."""
+        The set goes to the model half a batch at a time, and the table grows after each piece: a
+        photo sent from the first tab meanwhile joins the model's queue between two of the set's
+        pieces (it waits about one piece, not the whole set; ui.py runs sets one at a time)."""
         try:
             settings = settings_from_widgets(*setting_values)
             if not files:
@@ -189,10 +190,13 @@ class CaptionService:
         except CaptionError as error:
             raise gr.Error(str(error), print_exception=False) from None
         rows: list[dict[str, Any]] = []
-        step = self.limits.max_batch_size
+        # Half a batch at a time: a photo sent meanwhile waits for what is left of the set's
+        # current piece, and a piece half as long halves that wait, for a set a little slower
+        # (docs/performance.md, "Fair sharing").
+        step = max(1, self.limits.max_batch_size // 2)
         for start in range(0, len(files), step):
             chunk = files[start : start + step]
-            results = self.caption_each(len(chunk), lambda i: (self._decode(chunk[i]), settings))
+            results = self.caption_each(len(chunk), lambda i: (self._decode(chunk[i]), settings), bulk=True)
             for path, result in zip(chunk, results):
                 if isinstance(result, CaptionError):
                     rows.append({"file": Path(path).name, "caption": "", "error": str(result)})

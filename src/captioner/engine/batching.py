@@ -6,7 +6,8 @@ one by one. Each caller's chunk waits here, and the model thread takes the oldes
 together with every later one that shares its settings, up to `max_batch_size` images, as
 Triton's and TorchServe's dynamic batching do. It never waits to fill a batch: what is waiting
 when the model is free is the batch, so a lone request is answered as fast as before. A chunk
-with a seeded sample runs alone (its randomness must not depend on batch-mates).
+with a seeded sample runs alone (its randomness must not depend on batch-mates). Pieces of a large
+set (`bulk`) wait while other requests are waiting, and never share their batches.
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ log = logging.getLogger("captioner.engine.batching")
 
 
 class _Chunk:
-    __slots__ = ("images", "settings", "future")
+    __slots__ = ("images", "settings", "bulk", "future")
 
-    def __init__(self, images: list, settings: CaptionSettings) -> None:
+    def __init__(self, images: list, settings: CaptionSettings, bulk: bool = False) -> None:
         self.images = images
         self.settings = settings
+        self.bulk = bulk
         self.future: Future = Future()
 
 
@@ -44,9 +46,13 @@ class DynamicBatcher:
         self._waiting: list[_Chunk] = []
         self._lock = threading.Lock()
 
-    def caption(self, images: Sequence, settings: CaptionSettings) -> list:
-        """Results for `images` (at most max_batch_size, one settings), maybe computed with others'."""
-        chunk = _Chunk(list(images), settings)
+    def caption(self, images: Sequence, settings: CaptionSettings, bulk: bool = False) -> list:
+        """Results for `images` (at most max_batch_size, one settings), maybe computed with others'.
+
+        `bulk` is a piece of a larger set, which can wait: a request that is not bulk goes before
+        it, and the two never share a batch, so a visitor's photo does not wait for a set's images
+        in its own batch either."""
+        chunk = _Chunk(list(images), settings, bulk)
         with self._lock:
             self._waiting.append(chunk)
         # The model thread runs jobs in order, and each job serves every chunk waiting when it
@@ -78,15 +84,18 @@ class DynamicBatcher:
                 offset += len(chunk.images)
 
     def _take(self) -> list[_Chunk]:
-        """The oldest waiting chunk and the later ones that share its settings and still fit."""
+        """The oldest waiting chunk (one that is not bulk, if any is waiting) and the later ones of
+        its kind that share its settings and still fit."""
         with self._lock:
             if not self._waiting:
                 return []
-            first, rest = self._waiting[0], self._waiting[1:]
+            first = next((c for c in self._waiting if not c.bulk), self._waiting[0])
             batch, size, left = [first], len(first.images), []
-            for chunk in rest:
+            for chunk in self._waiting:
+                if chunk is first:
+                    continue
                 if (not self._runs_alone(first.settings) and chunk.settings == first.settings
-                        and size + len(chunk.images) <= self._max_batch_size()):
+                        and chunk.bulk == first.bulk and size + len(chunk.images) <= self._max_batch_size()):
                     batch.append(chunk)
                     size += len(chunk.images)
                 else:

@@ -153,11 +153,15 @@ class Captioner:
         self,
         images: Sequence[ImageInput],
         settings: CaptionSettings | Sequence[CaptionSettings] = DEFAULT_SETTINGS,
+        *,
+        bulk: bool = False,
     ) -> list[list[Caption]]:
         """Caption each image; returns, per image and in order, `num_captions` captions, best first.
 
         `settings` is one CaptionSettings for all images or one per image. Images that share
         settings go through `generate` together, in batches of at most `max_batch_size`.
+        `bulk` marks a piece of a larger set that can wait: other callers' requests go first
+        and never share a batch with it (batching.py).
         """
         if isinstance(settings, CaptionSettings):
             per_image = [settings] * len(images)
@@ -173,7 +177,8 @@ class Captioner:
         results: list[list[Caption] | None] = [None] * len(images)
         for group_settings, indices in _group_by_settings(per_image).items():
             for chunk in _chunks(indices, self._chunk_size(group_settings)):
-                captions = self._caption_batch([decoded[i] for i in chunk], group_settings)
+                # Joins whatever other callers (threads, the app's doors) have waiting with the same settings.
+                captions = self._batcher.caption([decoded[i] for i in chunk], group_settings, bulk)
                 for index, image_captions in zip(chunk, captions):
                     results[index] = image_captions
         return results  # type: ignore[return-value]
@@ -216,10 +221,6 @@ class Captioner:
         if settings.strategy == "sample" and settings.seed is not None:
             return 1
         return self.max_batch_size
-
-    def _caption_batch(self, images: list[Image.Image], settings: CaptionSettings) -> list[list[Caption]]:
-        # Joins whatever other callers (threads, the app's doors) have waiting with the same settings.
-        return self._batcher.caption(images, settings)
 
     def _caption_batch_here(self, images: list[Image.Image], settings: CaptionSettings) -> list[list[Caption]]:
         with self._lock, torch.inference_mode():
