@@ -128,8 +128,9 @@ def test_csv_cells_that_would_run_as_formulas_are_neutralised(tiny_checkpoint, t
     assert main(args) == 0
     rows = list(csv.reader(out.open(encoding="utf-8", newline="")))[1:]
     assert len(rows) == 7
-    for path, caption, _ in rows:
+    for path, caption, _, flags in rows:
         assert not path.startswith(("=", "+", "-", "@", "\t", "\r")) and caption.startswith("'=HYPERLINK")
+        assert not flags.startswith(("=", "+", "-", "@", "\t", "\r"))
     assert spreadsheet_safe("=1+1") == "'=1+1" and spreadsheet_safe("\r=1") == "'\r=1"
     assert all(spreadsheet_unsafe(spreadsheet_safe(n)) == n for n in names)
     assert main([*args, "--resume"]) == 0 and len(list(csv.reader(out.open()))) == 8  # keys read back exactly

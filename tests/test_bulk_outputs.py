@@ -5,6 +5,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from captioner.cli import main
+from captioner.quality import caption_flags
 from helpers import caption_rows, dataset_file, expected_captions, photo
 
 
@@ -80,7 +81,7 @@ def test_parquet_dataset_in_parquet_out_with_a_caption_column(captioner, tiny_ch
                  "--batch-size", "2"])
     assert code == 1
     table = pq.read_table(out)
-    assert table.column_names == ["id", "image", "caption", "caption_error"]
+    assert table.column_names == ["id", "image", "caption", "caption_error", "caption_flags"]
     assert table.column("id").to_pylist() == list(range(100, 107))
     assert table.column("image").to_pylist() == pq.read_table(source).column("image").to_pylist()
     good = [i for i in range(7) if i != 3]
@@ -88,6 +89,8 @@ def test_parquet_dataset_in_parquet_out_with_a_caption_column(captioner, tiny_ch
     captions = table.column("caption").to_pylist()
     assert [captions[i] for i in good] == expected and captions[3] is None
     assert "not a supported image" in table.column("caption_error").to_pylist()[3]
+    flags = table.column("caption_flags").to_pylist()
+    assert flags[3] == ["error"] and [flags[i] for i in good] == [caption_flags(c) for c in expected]
 
 
 def test_parquet_dataset_of_paths_and_a_missing_image_column(tiny_checkpoint, tmp_path, capsys):
@@ -112,3 +115,21 @@ def test_parquet_output_for_files_resumes_to_add_new_images(tiny_checkpoint, fol
     assert main([*args, "--resume"]) == 0  # only the new image was captioned, and it is fine
     paths = pq.read_table(out).column("path").to_pylist()
     assert paths == first + [str(folder / "z_new.jpg")]
+
+
+def test_csv_rows_carry_the_flags_and_an_older_csv_is_not_resumed_under_them(tiny_checkpoint, folder, tmp_path, capsys):
+    import csv
+
+    out = tmp_path / "rows.csv"
+    assert main(["caption", "--model", str(tiny_checkpoint), "--output", str(out), str(folder)]) == 1
+    with out.open(encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == ["path", "caption", "error", "flags"]
+    for row in rows:
+        expected = ["error"] if row["error"] else caption_flags(row["caption"])
+        assert row["flags"] == " | ".join(expected), row
+    older = tmp_path / "older.csv"
+    older.write_text("path,caption,error\nx.jpg,a cat,\n", encoding="utf-8")
+    assert main(["caption", "--model", str(tiny_checkpoint), "--output", str(older), "--resume", str(folder)]) == 2
+    assert "has the columns 'path,caption,error'" in capsys.readouterr().err
+    assert older.read_text(encoding="utf-8") == "path,caption,error\nx.jpg,a cat,\n"  # untouched

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from captioner.cli import main
+from captioner.quality import caption_flags
 from helpers import photo, run_cli
 from reference import ModelCardReference
 
@@ -25,7 +26,8 @@ def test_json_caption_equals_model_card_code(tiny_checkpoint, tmp_path):
     result = run_cli("caption", "--json", str(tmp_path / "img.png"), env={"CAPTIONER_MODEL": str(tiny_checkpoint)})
     assert result.returncode == 0, result.stderr
     row = json.loads(result.stdout.strip())
-    assert row == {"path": str(tmp_path / "img.png"), "caption": ModelCardReference(tiny_checkpoint).predict([image])[0]}
+    expected = ModelCardReference(tiny_checkpoint).predict([image])[0]
+    assert row == {"path": str(tmp_path / "img.png"), "caption": expected, "flags": caption_flags(expected)}
 
 
 def test_default_model_offline_fails_with_one_line(tmp_path):

@@ -10,6 +10,7 @@ from gradio_client import handle_file
 
 from captioner.app.service import AppLimits
 from captioner.cli import main
+from captioner.quality import caption_flags
 from helpers import RunningApp, encode, files_handler, mcp_session, photo, serve_on_loopback
 
 IMAGES = {"/cat.png": encode(photo(31)), "/dog.jpg": encode(photo(32), "JPEG"), "/page.png": b"<html>no</html>"}
@@ -73,7 +74,8 @@ def test_cli_captions_links_with_the_same_fetcher(tiny_checkpoint, captioner, im
     assert main(["caption", "--json", "--model", str(tiny_checkpoint), "--allow-private-urls",
                  f"{images_server}/cat.png", f"{images_server}/page.png"]) == 1
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert rows[0] == {"path": f"{images_server}/cat.png", "caption": core(captioner, IMAGES["/cat.png"])}
+    caption = core(captioner, IMAGES["/cat.png"])
+    assert rows[0] == {"path": f"{images_server}/cat.png", "caption": caption, "flags": caption_flags(caption)}
     assert "HTML" in rows[1]["error"] and len(rows) == 2
 
 

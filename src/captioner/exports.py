@@ -21,7 +21,7 @@ from .errors import CaptionError
 # OWASP "CSV injection": a cell starting with one of these runs as a formula in a spreadsheet.
 # The quote itself is included so that neutralising can be undone exactly when resuming.
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
-CSV_COLUMNS = ("path", "caption", "error")
+CSV_COLUMNS = ("path", "caption", "error", "flags")  # flags last: scripts reading by position still work
 
 
 class OutputError(CaptionError):

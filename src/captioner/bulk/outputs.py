@@ -47,9 +47,20 @@ class RowsOutput:
     def start(self, mode: str) -> None:
         refuse_existing(self.path, mode)
         resume = mode == "resume" and self.path.exists() and self.path.stat().st_size > 0
+        if resume and self.is_csv:
+            self._check_columns()
         self.file.start(resume)
         if resume:
             self.keys = set(self.read_keys())
+
+    def _check_columns(self) -> None:
+        """Rows appended under another header would not line up with it (a file from an older
+        version, before the flags column)."""
+        with self.path.open(encoding="utf-8", newline="") as handle:
+            first = handle.readline()
+        if first != self.file.header and first.rstrip("\r\n") != self.file.header.rstrip("\r\n"):
+            raise OutputError(f"{self.path} has the columns {first.strip()!r}, not {self.file.header.strip()!r}; "
+                              "start over with --overwrite, or write to another --output")
 
     def read_keys(self):
         return read_csv_keys(self.path, "path") if self.is_csv else read_jsonl_keys(self.path, "path")

@@ -116,7 +116,7 @@ class RowReader:
 
 
 class ParquetOutput:
-    """`--output FILE.parquet` for files: columns path, caption (or captions and scores), error."""
+    """`--output FILE.parquet` for files: columns path, caption (or captions and scores), error, flags."""
 
     key_name = "path"
 
@@ -186,6 +186,8 @@ class ParquetOutput:
             fields += [pa.field("captions", pa.list_(pa.string())), pa.field("scores", pa.list_(pa.float64()))]
         if "error" in seen:
             fields.append(pa.field("error", pa.string()))
+        if "flags" in seen:
+            fields.append(pa.field("flags", pa.list_(pa.string())))
         return fields
 
     def _schema(self, pa):
@@ -212,7 +214,7 @@ class ParquetOutput:
 
 class DatasetOutput(ParquetOutput):
     """`--dataset IN --output OUT.parquet`: the input's rows, in order, plus `caption` (and
-    `captions`/`caption_scores` with several, `caption_error` where one failed)."""
+    `captions`/`caption_scores` with several, `caption_error` where one failed, and `caption_flags`)."""
 
     key_name = "row"
 
@@ -220,16 +222,20 @@ class DatasetOutput(ParquetOutput):
         super().__init__(path)
         self.source = source
         self.column = caption_column
-        taken = {caption_column, caption_column + "s", caption_column + "_scores", caption_column + "_error"}
+        taken = set(self._renamed().values())
         clash = taken & set(source.schema.names)
         if clash:
             raise OutputError(
                 f"the dataset already has a column {sorted(clash)[0]!r}; name the new one with --caption-column"
             )
 
+    def _renamed(self) -> dict[str, str]:
+        """The journal's names -> the output's columns, all named after --caption-column."""
+        return {"caption": self.column, "captions": self.column + "s", "scores": self.column + "_scores",
+                "error": self.column + "_error", "flags": self.column + "_flags"}
+
     def _schema(self, pa):
-        renamed = {"caption": self.column, "captions": self.column + "s", "scores": self.column + "_scores",
-                   "error": self.column + "_error"}
+        renamed = self._renamed()
         fields = [f.with_name(renamed[f.name]) for f in self._result_fields(pa)]
         return pa.schema([*self.source.schema, *fields])
 
@@ -245,10 +251,10 @@ class DatasetOutput(ParquetOutput):
                 if row is None or row.get("row") != str(expected):
                     raise OutputError(f"{self.journal.path} does not hold row {expected}; run again with --resume")
                 expected += 1
-                values = [row.get("caption"), row.get("captions"), row.get("scores"), row.get("error")]
+                values = {key: row.get(key) for key in self._renamed()}
                 if row.get("captions") and "caption" not in row:
-                    values[0] = row["captions"][0]
-                by_name = dict(zip([self.column, self.column + "s", self.column + "_scores", self.column + "_error"], values))
+                    values["caption"] = row["captions"][0]
+                by_name = {column: values[key] for key, column in self._renamed().items()}
                 for name in extra:
                     columns[name].append(by_name[name])
             table = pa.Table.from_batches([batch])
@@ -264,8 +270,7 @@ class DatasetOutput(ParquetOutput):
 
     def _journal_from_output(self) -> None:
         _, pq = _pyarrow()
-        names = {self.column: "caption", self.column + "s": "captions", self.column + "_scores": "scores",
-                 self.column + "_error": "error"}
+        names = {column: key for key, column in self._renamed().items()}
         with self.journal.path.open("w", encoding="utf-8") as handle:
             index = 0
             for batch in pq.ParquetFile(self.path).iter_batches(batch_size=4096, columns=[

@@ -21,6 +21,7 @@ from ..engine.inference import Caption, Captioner
 from ..errors import CaptionError
 from ..fetch import FetchPolicy, fetch_bytes, is_url
 from ..images import IMAGE_SUFFIXES, load_image
+from ..quality import caption_flags
 from ..settings import CaptionSettings
 
 
@@ -45,7 +46,10 @@ class Result:
     error: str | None = None
 
     def row(self, key_name: str = "path") -> dict:
-        """The JSON-lines / CSV / Parquet row: path and caption, or captions and scores, or error."""
+        """The JSON-lines / CSV / Parquet row: path and caption, or captions and scores, or error;
+        then the quality flags the (best) caption earns on its own (quality.py). The flags that
+        compare a caption with the rest of its set need the whole set, which a streamed,
+        resumable run does not hold; `/caption_many` and a review add those."""
         row: dict = {key_name: self.item.key}
         if self.error is not None:
             row["error"] = self.error
@@ -53,6 +57,7 @@ class Result:
             row["caption"] = self.texts[0]
         else:
             row["captions"], row["scores"] = self.texts, self.scores
+        row["flags"] = caption_flags(self.texts[0] if self.texts else "", self.error)
         return row
 
 
