@@ -2,42 +2,18 @@
 on every state a visitor meets, a caption and an error announced, alt text from the captions, and
 the whole caption flow with the keyboard alone, in headless Debian Chromium."""
 
-import os
-from pathlib import Path
-
 import pytest
 
 from captioner.app.ui import example_photos
-from helpers import CHROMIUM, CHROMIUM_ARGS, photo
+from helpers import axe_violations, chromium, photo, tab_to
 
 pytestmark = pytest.mark.browser
-WCAG = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "wcag22a", "wcag22aa"]
-
-
-def axe_source() -> str:
-    import axe_playwright_python  # requirements-dev.txt pins it: axe-core 4.12.1 as axe.min.js
-
-    return (Path(axe_playwright_python.__file__).parent / "axe.min.js").read_text()
-
-
-def violations(page) -> list[str]:
-    page.wait_for_timeout(300)  # let transitions settle (contrast is measured on what is drawn)
-    if not page.evaluate("typeof axe !== 'undefined'"):
-        page.add_script_tag(content=axe_source())
-    result = page.evaluate("tags => axe.run(document, {runOnly: {type: 'tag', values: tags}})", WCAG)
-    return [f"{v['id']} ({v['impact']}): {[n['target'] for n in v['nodes']]} {v['nodes'][0]['failureSummary']}"
-            for v in result["violations"]]
 
 
 @pytest.fixture(scope="module")
 def browser():
-    from playwright.sync_api import sync_playwright
-
-    assert os.path.exists(CHROMIUM), "install Debian's chromium (the README's test command does)"
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture
@@ -60,24 +36,24 @@ def caption_text(page, previous=""):
 
 
 def test_no_violations_on_the_first_tab_before_and_after_a_caption_and_an_error(page, captioner):
-    assert violations(page) == [], "page as loaded"
+    assert axe_violations(page) == [], "page as loaded"
     page.locator("#settings").get_by_text("Generation settings").click()
     page.wait_for_selector("#max-length", state="visible")
-    assert violations(page) == [], "settings open"
+    assert axe_violations(page) == [], "settings open"
     page.click("#caption-button")  # no photo yet: an error
     page.wait_for_selector('[data-testid="toast-body"], .validation-error', timeout=30_000)
-    assert violations(page) == [], "after an error"
+    assert axe_violations(page) == [], "after an error"
     page.locator("#photo input[type=file]").set_input_files(example_photos()[0])
     page.wait_for_selector("#photo img", timeout=30_000)
     page.click("#caption-button")
     caption_text(page)
-    assert violations(page) == [], "after a caption"
+    assert axe_violations(page) == [], "after a caption"
 
 
 def test_no_violations_on_the_many_images_tab_and_captions_are_the_alt_text(page, captioner, tmp_path):
     page.get_by_role("tab", name="Many images").click()
     page.wait_for_selector("#many-button", state="visible")
-    assert violations(page) == [], "many-images tab"
+    assert axe_violations(page) == [], "many-images tab"
     paths = []
     for seed in range(2):
         photo(seed).save(tmp_path / f"p{seed}.png")
@@ -89,7 +65,7 @@ def test_no_violations_on_the_many_images_tab_and_captions_are_the_alt_text(page
     expected = [c[0].text for c in captioner.caption(paths)]
     alts = page.locator("#many-gallery img").evaluate_all("images => images.map(i => i.alt)")
     assert sorted(set(alts)) == sorted(set(expected))
-    assert violations(page) == [], "many-images tab with results"
+    assert axe_violations(page) == [], "many-images tab with results"
 
 
 def test_a_caption_and_an_error_are_announced(page, captioner):
@@ -107,22 +83,6 @@ def test_a_caption_and_an_error_are_announced(page, captioner):
                            arg=text, timeout=10_000)
     status = page.locator("#caption-announcer")
     assert status.get_attribute("role") == "status" and status.get_attribute("aria-live") == "polite"
-
-
-def tab_to(page, selector: str, limit: int = 80) -> list[str]:
-    """Press Tab until the focused element matches `selector`; returns what was passed on the way.
-    Each stop must show a focus ring."""
-    passed = []
-    for _ in range(limit):
-        page.keyboard.press("Tab")
-        here = page.evaluate("""s => { const e = document.activeElement; const st = getComputedStyle(e);
-            return {match: e.matches(s), name: e.getAttribute('aria-label') || e.innerText || e.tagName,
-                    ring: st.outlineStyle !== 'none' && parseFloat(st.outlineWidth) >= 2}; }""", selector)
-        passed.append(here["name"])
-        if here["match"]:
-            assert here["ring"], f"no visible focus ring on {selector}"
-            return passed
-    raise AssertionError(f"Tab never reached {selector}; passed {passed}")
 
 
 def test_the_caption_flow_with_the_keyboard_alone(page, captioner):

@@ -20,6 +20,8 @@ from ..settings import BOUNDS, DEFAULT_SETTINGS, RANDOM_SEED, SETTING_NAMES, Cap
 from .accessibility import ANNOUNCE_CAPTION_JS
 from .components import CaptionFiles, CaptionImage, SettingNumber, SettingRadio, SettingSlider, save_url
 from .gradio_changes import adapt_gradio, can_unbatch_validators
+from .review_service import ReviewService
+from .review_tab import build_review_tab
 from .service import STRATEGY_LABELS, AppLimits, CaptionService
 from .tools import make_tools
 
@@ -66,6 +68,9 @@ def build_demo(captioner: Captioner, limits: AppLimits = AppLimits()) -> gr.Bloc
     with gr.Blocks(title="Image captioning", delete_cache=(1800, 3600)) as demo:
         demo.caption_service = service  # reachable by tests and the benchmark
         gr.Markdown("# Image captioning\nUpload a photo and get a one-sentence description.")
+        reviews = ReviewService(service)
+        # The visitor's review (review_tab.py), sealed with a key that outlives a restart.
+        review_token = gr.BrowserState(None, storage_key="captioner-review", secret=reviews.secret)
         with gr.Tab("Caption a photo"):
             with gr.Row():
                 with gr.Column():
@@ -111,9 +116,13 @@ def build_demo(captioner: Captioner, limits: AppLimits = AppLimits()) -> gr.Bloc
             with gr.Row():
                 csv_file = gr.File(label="CSV", elem_id="many-csv")
                 jsonl_file = gr.File(label="JSON lines", elem_id="many-jsonl")
+        with gr.Tab("Review"):
+            review_tab = gr.Column()  # filled below, once the settings' widgets exist
         gr.Markdown(MODEL_NOTE)
 
         setting_inputs = [controls[name] for name in SETTING_NAMES]
+        with review_tab:
+            build_review_tab(demo, review_token, reviews, setting_inputs, limits.max_file_mb)
         caption_event = dict(
             fn=service.caption,
             inputs=[image, *setting_inputs],

@@ -114,7 +114,7 @@ def _record(row: Row) -> dict:
 
 
 def _parquet(rows: list[Row], path: Path) -> None:
-    require("pyarrow", "a Parquet table", "requirements-ray.txt")
+    require("pyarrow", "a Parquet table", "requirements.txt")
     import pyarrow as pa
     import pyarrow.parquet as pq
 

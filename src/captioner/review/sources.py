@@ -111,9 +111,10 @@ def _walk_error(error: OSError) -> None:
 
 
 def extract_zip(archive: Path, into: Path, max_entries: int = MAX_ENTRIES, max_bytes: int = MAX_ZIP_BYTES,
-                max_file_bytes: int | None = None) -> Path:
+                max_file_bytes: int | None = None) -> list[str]:
     """Unpack the images and caption files of `archive` under `into` (a fresh folder of the app's
-    own), refusing the whole archive with one line if any entry is unsafe; returns the folder.
+    own), refusing the whole archive with one line if any entry is unsafe; returns the names of
+    the entries left packed (files that are neither images nor captions), to be counted.
     A refusal found while unpacking takes away what was unpacked."""
     if into.exists():
         raise ReviewError(f"{into} exists already; unpack into a fresh folder")
@@ -124,10 +125,10 @@ def extract_zip(archive: Path, into: Path, max_entries: int = MAX_ENTRIES, max_b
         raise
 
 
-def _extract(archive: Path, into: Path, max_entries: int, max_bytes: int, max_file_bytes: int | None) -> Path:
+def _extract(archive: Path, into: Path, max_entries: int, max_bytes: int, max_file_bytes: int | None) -> list[str]:
     try:
         with zipfile.ZipFile(archive) as zipped:
-            entries = _checked_entries(zipped, max_entries, max_bytes, max_file_bytes)
+            entries, skipped = _checked_entries(zipped, max_entries, max_bytes, max_file_bytes)
             into.mkdir(parents=True, exist_ok=True)
             written = 0
             for info, name in entries:
@@ -147,15 +148,15 @@ def _extract(archive: Path, into: Path, max_entries: int, max_bytes: int, max_fi
         raise ReviewError(f"{archive.name} is not a readable .zip ({error})") from None
     except (OSError, EOFError, zipfile.LargeZipFile, NotImplementedError) as error:
         raise ReviewError(f"{archive.name} could not be unpacked: {getattr(error, 'strerror', None) or error}") from None
-    return into
+    return skipped
 
 
 def _checked_entries(zipped: zipfile.ZipFile, max_entries: int, max_bytes: int,
-                     max_file_bytes: int | None) -> list[tuple[zipfile.ZipInfo, str]]:
+                     max_file_bytes: int | None) -> tuple[list[tuple[zipfile.ZipInfo, str]], list[str]]:
     infos = zipped.infolist()
     if len(infos) > max_entries:
         raise ReviewError(f"the archive has {len(infos)} entries; at most {max_entries}")
-    wanted, seen, total = [], set(), 0
+    wanted, skipped, seen, total = [], [], set(), 0
     for info in infos:
         name = _safe_name(info)
         if name is None:
@@ -167,7 +168,8 @@ def _checked_entries(zipped: zipfile.ZipFile, max_entries: int, max_bytes: int,
             raise ReviewError(f"{one_line(name)} is encrypted; unpack the archive yourself and give the folder")
         suffix = posixpath.splitext(name)[1].lower()
         if suffix not in IMAGE_SUFFIXES and suffix != SIDECAR and posixpath.basename(name) not in METADATA_NAMES:
-            continue  # counted when the folder is read, like any other file that is not an image
+            skipped.append(name)  # not unpacked, but counted and named
+            continue
         if max_file_bytes is not None and info.file_size > max_file_bytes and suffix in IMAGE_SUFFIXES:
             raise ReviewError(f"{one_line(name)} is {info.file_size / 2**20:.0f} MB unpacked; "
                               f"at most {max_file_bytes / 2**20:.0f} MB an image")
@@ -175,7 +177,7 @@ def _checked_entries(zipped: zipfile.ZipFile, max_entries: int, max_bytes: int,
         if total > max_bytes:
             raise ReviewError(f"the archive unpacks to more than {max_bytes / 2**30:.1f} GB; refused")
         wanted.append((info, name))
-    return wanted
+    return wanted, skipped
 
 
 def _safe_name(info: zipfile.ZipInfo) -> str | None:

@@ -1,0 +1,139 @@
+"""The review tab in headless Chromium, as a person uses it: a zip in, captions reviewed, a bulk
+prefix previewed and applied, an undo, a reload, an export; axe-core finds no violation in any
+of those states."""
+
+import io
+import json
+import zipfile
+
+import pytest
+
+from helpers import axe_violations, chromium, encode, photo, tab_to
+
+pytestmark = pytest.mark.browser
+
+
+def status_says(page, text, timeout=60_000):
+    page.wait_for_function("t => (document.querySelector('#review-status') || {}).innerText?.includes(t)",
+                           arg=text, timeout=timeout)
+
+
+@pytest.fixture
+def page(running_app):
+    with chromium() as browser:
+        context = browser.new_context(viewport={"width": 1280, "height": 1400})
+        page = context.new_page()
+        page.goto(running_app.url)
+        page.wait_for_selector("#caption-button", timeout=60_000)
+        page.get_by_role("tab", name="Review").click()
+        page.wait_for_selector("#review-load", state="visible")
+        yield page
+        context.close()
+
+
+def test_the_whole_review_loop_in_the_browser(page, tmp_path):
+    page.wait_for_function("() => document.querySelector('#review-counts').innerText.includes('No set loaded yet')")
+    assert axe_violations(page) == [], "review tab, empty"
+    archive = tmp_path / "holiday photos.zip"
+    with zipfile.ZipFile(archive, "w") as packed:
+        for i, name in enumerate(["beach.jpg", "day 2/hotel.png", "day 2/pool (1).png", "=odd.png"]):
+            packed.writestr(name, encode(photo(i, (40, 30)), "JPEG" if name.endswith(".jpg") else "PNG"))
+        packed.writestr("beach.txt", "my words for the beach")
+        packed.writestr("day 2/metadata.jsonl", json.dumps({"file_name": "hotel.png", "text": "the hotel"}) + "\n")
+        packed.writestr("broken.jpg", b"not a photo")
+        packed.writestr("readme.pdf", b"%PDF-1.4")
+    page.locator("#review-files input[type=file]").set_input_files(str(archive))
+    page.wait_for_selector("#review-files >> text=holiday photos.zip", timeout=30_000)
+    page.click("#review-load")
+    status_says(page, "captioned 3 of 3")  # the broken image is found out by trying
+    status = page.locator("#review-status").inner_text()
+    assert "2 captions kept as they were" in status and "1 file that is not an image left out" in status
+    table = page.locator("#review-table").inner_text()
+    assert "my words for the beach" in table and "the hotel" in table and "could not be read" in table
+    assert axe_violations(page) == [], "review tab, loaded"
+
+    page.locator("#review-flag input").click()
+    page.get_by_role("option", name="error (1)").click()
+    page.wait_for_function("() => !document.querySelector('#review-table').innerText.includes('the hotel')")
+    assert axe_violations(page) == [], "review tab, filtered"
+    page.locator("#review-flag input").click()
+    page.get_by_role("option", name="all").click()
+    page.wait_for_function("() => document.querySelector('#review-table').innerText.includes('the hotel')")
+
+    page.locator("#review-pick input").click()
+    page.get_by_role("option", name="=odd.png").click()
+    # Its caption arrives in the box (the first row shown, the broken image, had none): then edit it.
+    page.wait_for_function("() => document.querySelector('#review-caption textarea').value !== ''")
+    page.locator("#review-caption textarea").fill("an odd name, captioned by hand")
+    page.click("#review-save")
+    status_says(page, "Saved: edit =odd.png.")
+    page.get_by_text("Change the captions shown, all at once").click()
+    page.locator("#review-text input, #review-text textarea").first.fill("holiday, ")
+    page.click("#review-preview")
+    page.wait_for_function("() => document.querySelector('#review-preview-text').innerText.includes('would change')")
+    assert "4 of 5 captions shown would change" in page.locator("#review-preview-text").inner_text()
+    page.click("#review-apply")
+    status_says(page, "Applied: prefix 'holiday, ' on 4 captions")
+    assert axe_violations(page) == [], "review tab, after a bulk edit"
+    page.click("#review-undo")
+    status_says(page, "Undone: prefix")
+
+    page.reload()
+    page.get_by_role("tab", name="Review").click()
+    status_says(page, "back as you left it")
+    table = page.locator("#review-table").inner_text()
+    assert "an odd name, captioned by hand" in table and "holiday, " not in table
+
+    page.click("#review-export")
+    status_says(page, "Exported: 4 images with captions")
+    link = page.locator("#review-download a").first.get_attribute("href")
+    exported = page.request.get(link if link.startswith("http") else page.url.split("/?")[0].rstrip("/") + link)
+    with zipfile.ZipFile(io.BytesIO(exported.body())) as packed:
+        rows = [json.loads(line) for line in packed.read("metadata.jsonl").decode().splitlines()]
+    assert {r["file_name"]: r["text"] for r in rows}["=odd.png"] == "an odd name, captioned by hand"
+    assert {r["file_name"]: r["text"] for r in rows}["beach.jpg"] == "my words for the beach"
+    assert axe_violations(page) == [], "review tab, after an export"
+
+
+def test_the_review_flow_with_the_keyboard_alone(page, tmp_path):
+    """Load a set, show the rows flagged "repeated", edit the one shown, undo, export: keys only."""
+    archive = tmp_path / "set.zip"
+    with zipfile.ZipFile(archive, "w") as packed:
+        for i, name in enumerate(["dog.png", "cat.png"]):
+            packed.writestr(name, encode(photo(i, (40, 30))))
+        packed.writestr("dog.txt", "a dog dog on the grass")  # repeats a word: flagged
+        packed.writestr("cat.txt", "a cat asleep on a warm sofa")
+    page.wait_for_function("() => document.querySelector('#review-counts').innerText.includes('No set loaded yet')")
+    page.locator("#review-files").focus()  # the tab's first control; Tab from here as a person would
+    tab_to(page, "#review-files button")
+    with page.expect_file_chooser(timeout=10_000) as chooser:
+        page.keyboard.press("Space")
+    chooser.value.set_files(str(archive))
+    page.wait_for_selector("#review-files >> text=set.zip", timeout=30_000)
+    tab_to(page, "#review-load")
+    page.keyboard.press("Enter")
+    try:
+        status_says(page, "every image already has a caption")
+    except Exception:
+        page.screenshot(path="/tmp/rv/kb.png", full_page=True)
+        raise
+    tab_to(page, "#review-flag input")
+    page.keyboard.type("repeated")
+    page.wait_for_function("""() => { const box = document.querySelector('#review-flag input');
+        const active = document.getElementById(box.getAttribute('aria-activedescendant') || '');
+        return active && active.getAttribute('aria-label').startsWith('repeated'); }""")  # the list has caught up
+    page.keyboard.press("Enter")
+    page.wait_for_function("() => !document.querySelector('#review-table').innerText.includes('asleep')")
+    tab_to(page, "#review-caption textarea")
+    assert page.locator("#review-caption textarea").input_value() == "a dog dog on the grass"
+    page.keyboard.press("Control+A")
+    page.keyboard.type("a dog on the grass")
+    tab_to(page, "#review-save")
+    page.keyboard.press("Enter")
+    status_says(page, "Saved: edit dog.png.")
+    tab_to(page, "#review-undo")
+    page.keyboard.press("Enter")
+    status_says(page, "Undone: edit dog.png.")
+    tab_to(page, "#review-export")
+    page.keyboard.press("Enter")
+    status_says(page, "Exported: 2 images with captions")

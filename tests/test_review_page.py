@@ -1,0 +1,140 @@
+"""The review tab's handlers, called as the page calls them: a zip in, only what has no caption
+captioned, edits kept on disk through a restart, and an export that `datasets` and
+`captioner train --data` take as it is."""
+
+import json
+import os
+import zipfile
+
+import gradio as gr
+import pytest
+
+from captioner.app.review_service import EXPORTS, ReviewService
+from captioner.app.review_tab import ReviewTab
+from captioner.app.service import AppLimits, CaptionService
+from captioner.cli import main
+from captioner.settings import SETTING_NAMES, shown_default
+from helpers import encode, photo, scores_without_java
+
+RAW = os.fsencode("caf\u00e9.png").decode("cp437")  # a name from a zip made on Windows
+VIEW = ("weakest first", "all", "")
+WIDGETS = ["Beam search", *(shown_default(name) for name in SETTING_NAMES[1:])]  # the first tab's defaults
+
+
+def messy_zip(path):
+    with zipfile.ZipFile(path, "w") as archive:
+        for i, name in enumerate(["a.jpg", "trip/b.png", "trip/day 1/c d.png", "=SUM(1).png", RAW, "trip/e.png"]):
+            archive.writestr(name, encode(photo(i, (40, 30)), "JPEG" if name.endswith(".jpg") else "PNG"))
+        archive.writestr("a.txt", "a person's caption\n")
+        archive.writestr("trip/metadata.jsonl", json.dumps({"file_name": "b.png", "text": "from the metadata"}) + "\n")
+        archive.writestr("broken.jpg", encode(photo(9), "JPEG")[:150])
+        archive.writestr("notes.docx", b"PK\x03\x04 not a photo")
+    return path
+
+
+@pytest.fixture
+def tab(captioner, tmp_path):
+    return ReviewTab(ReviewService(CaptionService(captioner, AppLimits(max_batch_size=4)), tmp_path / "reviews"))
+
+
+def table_of(drawn):
+    return {row[1]: row for row in drawn[0]}
+
+
+def loaded(tab, tmp_path):
+    steps = list(tab.load([str(messy_zip(tmp_path / "set.zip"))], *VIEW, *WIDGETS))
+    token = steps[-1][0]
+    return token, steps
+
+
+def test_a_zip_is_loaded_and_only_what_has_no_caption_is_captioned(tab, captioner, tmp_path):
+    token, steps = loaded(tab, tmp_path)
+    assert "2 captions kept as they were; 1 file that is not an image left out" in steps[-1][5]
+    assert [s[5].split("; ")[-1] for s in steps] == [  # pieces of half a batch; the table grows with each
+        "captioning 5 images...", "captioned 2 of 5", "captioned 4 of 5", "captioned 5 of 5"]
+    rows = table_of(steps[-1][1:])
+    assert rows["a.jpg"][2:4] == ["a person's caption", "existing"]
+    assert rows["trip/b.png"][2:4] == ["from the metadata", "existing"]
+    expected = captioner.caption([photo(2, (40, 30))])[0][0].text
+    assert rows["trip/day 1/c d.png"][2:4] == [expected, "model"]
+    assert rows["broken.jpg"][2].startswith("(not captioned:") and "could not be read" in rows["broken.jpg"][5]
+    assert rows[RAW][3] == "model" and rows["=SUM(1).png"][0].startswith("![")  # a thumbnail with alt text
+
+
+def test_edits_bulk_edits_and_undo_survive_a_restart(tab, captioner, tmp_path):
+    token, _ = loaded(tab, tmp_path)
+    drawn = tab.save_edit(token, "a.jpg", "a grey cat on a sofa", *VIEW)
+    assert drawn[4] == "Saved: edit a.jpg." and drawn[3]["value"] == "a.jpg" and drawn[5] == "a grey cat on a sofa"
+    preview = tab.preview(token, "prefix", "tok, ", "", False, "lower", *VIEW)
+    assert preview.startswith("**6 of 7 captions shown would change.**")  # the error row has no caption
+    *drawn, cleared = tab.apply(token, "prefix", "tok, ", "", False, "lower", *VIEW)
+    assert all(r[2].startswith("tok, ") for n, r in table_of(drawn).items() if n != "broken.jpg")
+    tab.undo(token, *VIEW)
+    restarted = ReviewTab(ReviewService(tab.reviews.service, tab.reviews.root.parent))  # a new process's
+    rows = table_of(restarted.restore(token, *VIEW))
+    assert rows["a.jpg"][2:4] == ["a grey cat on a sofa", "edited"] and not rows["trip/b.png"][2].startswith("tok")
+    assert restarted.redo(token, *VIEW)[4].startswith("Redone: prefix 'tok, '")
+    assert restarted.reviews.secret == tab.reviews.secret  # the browser's sealed token still opens
+
+
+def test_filter_then_bulk_edit_changes_only_the_rows_shown(tab, tmp_path):
+    token, _ = loaded(tab, tmp_path)
+    drawn = tab.draw(token, "name", "all", "trip/")
+    assert [r[1] for r in drawn[0]] == ["trip/b.png", "trip/day 1/c d.png", "trip/e.png"]
+    tab.apply(token, "suffix", " (trip)", "", False, "lower", "name", "all", "trip/")
+    rows = table_of(tab.draw(token, *VIEW))
+    assert rows["trip/b.png"][2] == "from the metadata (trip)" and not rows["a.jpg"][2].endswith("(trip)")
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda tab, token: tab.preview(token, "replace", "x", "(cat", True, "lower", *VIEW), "not a valid regular expression"),
+    (lambda tab, token: tab.apply(token, "replace", "x", "zebra", False, "lower", *VIEW), "changes no caption"),
+    (lambda tab, token: tab.undo(token, *VIEW), "nothing to undo"),
+    (lambda tab, token: tab.save_edit(token, "broken.jpg", "words", *VIEW), "could not be read"),
+    (lambda tab, token: tab.save_edit("x" * 24, "a.jpg", "words", *VIEW), "no longer on the server"),
+    (lambda tab, token: tab.save_edit("../../etc", "a.jpg", "words", *VIEW), "no longer on the server"),
+    (lambda tab, token: tab.export(token, "a .xlsx table"), "export as one of"),
+])
+def test_bad_requests_are_one_message_and_change_nothing(tab, tmp_path, call, message):
+    token, _ = loaded(tab, tmp_path)
+    before = tab.draw(token, *VIEW)[0]
+    with pytest.raises(gr.Error, match=message):
+        call(tab, token)
+    assert tab.draw(token, *VIEW)[0] == before
+
+
+def test_bad_uploads_are_one_message(tab, tmp_path):
+    with pytest.raises(gr.Error, match="Add images"):
+        list(tab.load([], *VIEW, *WIDGETS))
+    slip = tmp_path / "slip.zip"
+    with zipfile.ZipFile(slip, "w") as archive:
+        archive.writestr("ok.png", encode(photo(1)))
+        archive.writestr("../../outside.png", encode(photo(2)))
+    with pytest.raises(gr.Error, match="points outside the archive's folder"):
+        list(tab.load([str(slip)], *VIEW, *WIDGETS))
+    assert not (tmp_path / "outside.png").exists() and not list(tmp_path.rglob("outside.png"))
+    (tmp_path / "notes.txt").write_text("no image here")
+    with pytest.raises(gr.Error, match="holds no images"):
+        list(tab.load([str(tmp_path / "notes.txt")], *VIEW, *WIDGETS))
+    assert tab.restore(None, *VIEW)[1] == "No set loaded yet."
+
+
+def test_the_imagefolder_export_trains_as_it_is(tab, tiny_checkpoint, tmp_path, monkeypatch):
+    token, _ = loaded(tab, tmp_path)
+    tab.save_edit(token, "trip/e.png", "a reviewed caption", *VIEW)
+    path, status = tab.export(token, next(iter(EXPORTS)))
+    assert status.startswith("Exported: 6 images with captions") and "broken.jpg" in status
+    data = tmp_path / "data"
+    with zipfile.ZipFile(path) as archive:
+        archive.extractall(data)
+    rows = [json.loads(line) for line in (data / "metadata.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert {r["file_name"]: r["text"] for r in rows}["trip/e.png"] == "a reviewed caption"
+    import datasets
+
+    assert sorted(datasets.load_dataset("imagefolder", data_dir=str(data), split="train")["text"]) == sorted(
+        r["text"] for r in rows)
+    scores_without_java(monkeypatch)
+    out = tmp_path / "tuned"
+    assert main(["train", "--data", str(data), "--output", str(out), "--model", str(tiny_checkpoint), "--epochs", "1",
+                 "--batch-size", "2", "--workers", "0"]) == 0
+    assert (out / "config.json").is_file()
