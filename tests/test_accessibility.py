@@ -5,7 +5,8 @@ the whole caption flow with the keyboard alone, in headless Debian Chromium."""
 import pytest
 
 from captioner.app.ui import example_photos
-from helpers import axe_violations, chromium, photo, tab_to
+from browser import axe_violations, chromium, tab_to
+from helpers import photo
 
 pytestmark = pytest.mark.browser
 

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from captioner import CaptionSettings
-from helpers import RunningApp, encode, files_handler, photo, serve_on_loopback
+from helpers import RunningApp, batch_sizes_logged, encode, files_handler, photo, serve_on_loopback
 
 
 def wait_for(condition, timeout=60):
@@ -132,26 +132,11 @@ def test_eight_agents_over_mcp_are_answered_in_one_batch(intranet, captioner, ca
 def test_pieces_of_a_set_let_other_requests_go_first_and_never_share_their_batch(captioner):
     """A set's piece (bulk) waiting ahead of two single photos: the photos go first, together;
     then the set's pieces, together. The batcher's own log line says what each generate held."""
-    import json
-    import logging
-
-    class Sizes(logging.Handler):
-        def __init__(self):
-            super().__init__(logging.INFO)
-            self.seen = []
-
-        def emit(self, record):
-            self.seen.append(json.loads(record.getMessage())["batch"])
-
     images = [photo(seed, (32, 32)) for seed in range(5)]
     alone = [captioner.caption([image])[0][0].text for image in images]
-    logger, sizes = logging.getLogger("captioner.engine.batching"), Sizes()
-    level = logger.level
-    logger.addHandler(sizes)
-    logger.setLevel(logging.INFO)
     calls = [lambda: captioner.caption(images[:2], bulk=True), lambda: captioner.caption([images[2]]),
              lambda: captioner.caption([images[3]]), lambda: captioner.caption([images[4]], bulk=True)]
-    try:
+    with batch_sizes_logged() as sizes:
         with captioner.paused():
             threads, results = [], []
             for index, call in enumerate(calls):  # one at a time: their order in the queue is known
@@ -161,9 +146,6 @@ def test_pieces_of_a_set_let_other_requests_go_first_and_never_share_their_batch
                 wait_for(lambda n=index + 1: captioner.waiting() == n)
         for thread in threads:
             thread.join()
-    finally:
-        logger.removeHandler(sizes)
-        logger.setLevel(level)
-    assert sizes.seen == [2, 3]  # the two photos, then the set's three images
+    assert sizes == [2, 3]  # the two photos, then the set's three images
     texts = [c[0].text for result in results for c in result[0]]
     assert texts == alone

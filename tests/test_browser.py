@@ -6,7 +6,8 @@ import os
 import pytest
 
 from captioner.app.ui import example_photos
-from helpers import CHROMIUM, CHROMIUM_ARGS, encode, photo, serve_on_loopback
+from browser import CHROMIUM, CHROMIUM_ARGS
+from helpers import encode, photo, serve_on_loopback
 
 pytestmark = pytest.mark.browser
 

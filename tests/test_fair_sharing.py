@@ -4,7 +4,6 @@ grows as it goes, with the same quality flags the CLI writes."""
 
 import csv
 import json
-import logging
 import time
 
 import pytest
@@ -12,7 +11,7 @@ from gradio_client import handle_file
 
 from captioner import Captioner
 from captioner.app.service import AppLimits
-from helpers import RunningApp, encode, photo
+from helpers import RunningApp, batch_sizes_logged, encode, photo
 
 BATCH = 4  # the set goes in pieces of half a batch: 2 images
 PIECE = BATCH // 2
@@ -25,17 +24,6 @@ def small_batches(tiny_checkpoint):
     app = RunningApp(captioner, AppLimits(max_batch_size=BATCH))
     yield captioner, app
     app.close()
-
-
-class BatchLog(logging.Handler):
-    """The size of each generate call, in order, from the batcher's own log line."""
-
-    def __init__(self):
-        super().__init__(logging.INFO)
-        self.sizes = []
-
-    def emit(self, record):
-        self.sizes.append(json.loads(record.getMessage())["batch"])
 
 
 def wait_for(condition, timeout=60):
@@ -55,11 +43,7 @@ def test_a_photo_sent_during_a_set_goes_before_the_sets_next_piece(small_batches
     single = tmp_path / "single.png"
     single.write_bytes(encode(photo(99)))
     client = app.client()
-    logger = logging.getLogger("captioner.engine.batching")
-    log, level = BatchLog(), logger.level
-    logger.addHandler(log)
-    logger.setLevel(logging.INFO)
-    try:
+    with batch_sizes_logged() as sizes:
         with captioner.paused():
             many = client.submit(files, api_name="/caption_many")
             wait_for(lambda: captioner.waiting() == 1)  # the set's first piece, at the model
@@ -69,11 +53,8 @@ def test_a_photo_sent_during_a_set_goes_before_the_sets_next_piece(small_batches
             wait_for(lambda: captioner.waiting() == 2)
         caption = one.result(timeout=120)
         table = many.result(timeout=120)[0]
-    finally:
-        logger.removeHandler(log)
-        logger.setLevel(level)
     # The photo went first, in a batch of its own, though the set's first piece was waiting before it.
-    assert log.sizes == [1, PIECE, PIECE, PIECE]
+    assert sizes == [1, PIECE, PIECE, PIECE]
     assert caption == captioner.caption([photo(99)])[0][0].text
     assert [row[0] for row in table["data"]] == [f"set{i}.png" for i in range(6)]
 

@@ -8,7 +8,8 @@ import zipfile
 
 import pytest
 
-from helpers import axe_violations, chromium, encode, photo, tab_to
+from browser import axe_violations, chromium, tab_to
+from helpers import encode, photo
 
 pytestmark = pytest.mark.browser
 

@@ -1,6 +1,6 @@
-"""`python -m captioner caption|train|evaluate ...`: a thin shell over the library.
+"""`python -m captioner caption|review|train|evaluate ...`: a thin shell over the library.
 
-Each command's flags and run live with its subsystem (bulk/cli.py, train/cli.py); this module
+Each command's flags and run live with its subsystem (bulk/cli.py, app/review_cli.py, train/cli.py); this module
 only puts them under one parser and turns a CaptionError into one line and exit 2.
 """
 
@@ -10,6 +10,7 @@ import os
 import sys
 from typing import Sequence
 
+from .app.review_cli import add_review_command
 from .arguments import Parser
 from .bulk.cli import add_caption_command
 from .errors import CaptionError, one_line
@@ -20,6 +21,7 @@ def build_parser() -> Parser:
     parser = Parser(prog="python -m captioner", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     add_caption_command(commands)
+    add_review_command(commands)
     add_train_command(commands)
     add_evaluate_command(commands)
     return parser

@@ -127,7 +127,7 @@ class ReviewService:
                 self.save(token, review)
                 return None
             image.thumbnail((160, 160))
-            path.parent.mkdir(exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
             image.save(path, "JPEG", quality=80)
         return str(path)
 

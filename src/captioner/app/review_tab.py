@@ -8,6 +8,8 @@ review. A review error is a gr.Error naming what to do; the server keeps serving
 
 from __future__ import annotations
 
+import functools
+import inspect
 from urllib.parse import quote
 
 import gradio as gr
@@ -25,9 +27,6 @@ HEADERS = ["image", "file", "caption", "from", "score", "needs a look"]
 
 def _errors_shown(function):
     """A review's CaptionError becomes the page's message (gr.Error); anything else stays loud."""
-    import functools
-    import inspect
-
     if inspect.isgeneratorfunction(function):
         @functools.wraps(function)
         def generator(*args, **kwargs):
@@ -80,7 +79,7 @@ class ReviewTab:
         token, review, others = self.reviews.start(files)
         names = [r.name for r in review.uncaptioned()]
         kept = len(review.rows) - len(names)
-        note = f"{kept} captions kept as they were; " if kept else ""
+        note = (f"{kept} caption{' kept as it was' if kept == 1 else 's kept as they were'}; " if kept else "")
         note += (f"{others} file{' that is not an image' if others == 1 else 's that are not images'} left out; "
                  if others else "")
         yield token, *self.draw(token, sort, flag, search, f"{note}captioning {len(names)} images...")
@@ -138,19 +137,19 @@ class ReviewTab:
         self.reviews.save(token, review)
         return *self.draw(token, sort, flag, search, f"Applied: {step.label}. Undo takes it back."), ""
 
-    @_errors_shown
     def undo(self, token, sort, flag, search):
-        review = self.reviews.get(token)
-        step = review.undo()
-        self.reviews.save(token, review)
-        return self.draw(token, sort, flag, search, f"Undone: {step.label}.", selected=step.before[0][0])
+        return self._history(token, sort, flag, search, back=True)
+
+    def redo(self, token, sort, flag, search):
+        return self._history(token, sort, flag, search, back=False)
 
     @_errors_shown
-    def redo(self, token, sort, flag, search):
+    def _history(self, token, sort, flag, search, back: bool):
         review = self.reviews.get(token)
-        step = review.redo()
+        step = review.undo() if back else review.redo()
         self.reviews.save(token, review)
-        return self.draw(token, sort, flag, search, f"Redone: {step.label}.", selected=step.after[0][0])
+        return self.draw(token, sort, flag, search, f"{'Undone' if back else 'Redone'}: {step.label}.",
+                         selected=step.before[0][0])
 
     @_errors_shown
     def recaption(self, token, sort, flag, search, *settings):
@@ -166,18 +165,24 @@ class ReviewTab:
 
 
 def build_review_tab(demo: gr.Blocks, token: gr.BrowserState, reviews: ReviewService, setting_inputs: list,
-                     max_file_mb: int) -> None:
+                     max_file_mb: int, local: bool = False) -> None:
     """The tab's widgets and events, inside build_demo's Blocks. `token` names the visitor's
     review; it is kept by their browser, and is made outside the tabs, where it is read when the
     page loads (a component inside a tab not yet shown is not)."""
     tab = ReviewTab(reviews)
     gr.set_static_paths([str(reviews.root)])  # the thumbnails, by the review's unguessable token
-    gr.Markdown("Load a set, let the model caption what has no caption yet, fix what needs a look, "
-                "and export it for training or as alt text. Captions a set already has (a .txt beside "
-                "each image, or a metadata.jsonl/.csv) are kept. The settings are the first tab's.")
-    files = CaptionFiles(file_count="multiple", file_types=UPLOAD_TYPES, elem_id="review-files",
+    if local:
+        gr.Markdown(f"Reviewing the folder {getattr(reviews, 'folder', '')}: every change is written to the "
+                    "caption file beside its image at once, and undo works after a restart. The settings "
+                    "are the first tab's.")
+    else:
+        gr.Markdown("Load a set, let the model caption what has no caption yet, fix what needs a look, "
+                    "and export it for training or as alt text. Captions a set already has (a .txt beside "
+                    "each image, or a metadata.jsonl/.csv) are kept. The settings are the first tab's.")
+    files = CaptionFiles(file_count="multiple", file_types=UPLOAD_TYPES, elem_id="review-files", visible=not local,
                          label=f"Images, their caption files, or a .zip (up to {max_file_mb} MB an image)")
-    load_button = gr.Button("Load and caption", variant="primary", elem_id="review-load")
+    load_button = gr.Button("Caption the images without a caption" if local else "Load and caption",
+                            variant="primary", elem_id="review-load")
     status = gr.Markdown(elem_id="review-status")
     with gr.Row():
         sort = gr.Dropdown(list(SORTS), value="weakest first", label="Sort", elem_id="review-sort")

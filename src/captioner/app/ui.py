@@ -20,6 +20,7 @@ from ..settings import BOUNDS, DEFAULT_SETTINGS, RANDOM_SEED, SETTING_NAMES, Cap
 from .accessibility import ANNOUNCE_CAPTION_JS
 from .components import CaptionFiles, CaptionImage, SettingNumber, SettingRadio, SettingSlider, save_url
 from .gradio_changes import adapt_gradio, can_unbatch_validators
+from .review_folder import FolderReviews
 from .review_service import ReviewService
 from .review_tab import build_review_tab
 from .service import STRATEGY_LABELS, AppLimits, CaptionService
@@ -58,8 +59,10 @@ def example_photos() -> list[str]:
     return sorted(str(p) for p in EXAMPLES_DIR.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def build_demo(captioner: Captioner, limits: AppLimits = AppLimits()) -> gr.Blocks:
-    """The whole interface around one loaded Captioner.
+def build_demo(captioner: Captioner, limits: AppLimits = AppLimits(),
+               review_folder: tuple[Path, str] | None = None) -> gr.Blocks:
+    """The whole interface around one loaded Captioner. With `review_folder` (a folder and its
+    caption files' extension), the Review tab is that folder's, opened first (review_folder.py).
 
     >>> build_demo(Captioner.from_pretrained()).launch()  # doctest: +SKIP
     """
@@ -68,61 +71,66 @@ def build_demo(captioner: Captioner, limits: AppLimits = AppLimits()) -> gr.Bloc
     with gr.Blocks(title="Image captioning", delete_cache=(1800, 3600)) as demo:
         demo.caption_service = service  # reachable by tests and the benchmark
         gr.Markdown("# Image captioning\nUpload a photo and get a one-sentence description.")
-        reviews = ReviewService(service)
-        # The visitor's review (review_tab.py), sealed with a key that outlives a restart.
-        review_token = gr.BrowserState(None, storage_key="captioner-review", secret=reviews.secret)
-        with gr.Tab("Caption a photo"):
-            with gr.Row():
-                with gr.Column():
-                    image = CaptionImage(
-                        type="filepath", sources=["upload", "clipboard", "webcam"], label="Photo",
-                        elem_id="photo", height=360,
-                    )
-                    image.max_data_url_bytes = limits.max_file_mb * 1024 * 1024  # this demo's own limits
-                    image.fetch_policy = limits.fetch_policy()
-                    service.image_input = image
-                    link = gr.Textbox(label="or paste an image link", placeholder="https://...", max_lines=1,
-                                      elem_id="image-link", submit_btn="Load")
-                    caption_button = gr.Button("Caption", variant="primary", elem_id="caption-button")
-                with gr.Column():
-                    caption_box = gr.Textbox(
-                        label="Caption", lines=2, max_lines=10, buttons=["copy"], elem_id="caption",
-                        interactive=False,
-                    )
-                    controls = _settings_controls(defaults)
-            photos = example_photos()
-            examples = gr.Examples(
-                examples=[[p] for p in photos], inputs=[image], label="Example photos",
-                example_labels=[example_label(p) for p in photos],  # each button's name, read aloud
-                examples_per_page=12,
-            )
-        with gr.Tab("Many images"):
-            gr.Markdown(
-                f"Caption up to {limits.max_images_per_request} images at once (alt text for a "
-                "folder) with the settings above, and download the results."
-            )
-            files = CaptionFiles(
-                file_count="multiple", file_types=sorted(IMAGE_SUFFIXES), label="Images", elem_id="many-files"
-            )
-            files.fetch_policy = limits.fetch_policy()
-            many_button = gr.Button("Caption all", variant="primary", elem_id="many-button")
-            table = gr.Dataframe(
-                headers=["file", "caption", "needs a look"], label="Captions", interactive=False, elem_id="many-table",
-                type="array",
-            )
-            # The photos with their captions as their alternative text: the tool's own output, used as it is meant.
-            gallery = gr.Gallery(label="Captioned images", elem_id="many-gallery", columns=6, height=320,
-                                 object_fit="contain", interactive=False)
-            with gr.Row():
-                csv_file = gr.File(label="CSV", elem_id="many-csv")
-                jsonl_file = gr.File(label="JSON lines", elem_id="many-jsonl")
-        with gr.Tab("Review"):
-            review_tab = gr.Column()  # filled below, once the settings' widgets exist
+        if review_folder:
+            reviews = FolderReviews(service, *review_folder)
+            review_token = gr.State(reviews.token)  # one review: the folder's
+        else:
+            reviews = ReviewService(service)
+            # The visitor's review (review_tab.py), sealed with a key that outlives a restart.
+            review_token = gr.BrowserState(None, storage_key="captioner-review", secret=reviews.secret)
+        with gr.Tabs(selected="review" if review_folder else "photo"):
+            with gr.Tab("Caption a photo", id="photo"):
+                with gr.Row():
+                    with gr.Column():
+                        image = CaptionImage(
+                            type="filepath", sources=["upload", "clipboard", "webcam"], label="Photo",
+                            elem_id="photo", height=360,
+                        )
+                        image.max_data_url_bytes = limits.max_file_mb * 1024 * 1024  # this demo's own limits
+                        image.fetch_policy = limits.fetch_policy()
+                        service.image_input = image
+                        link = gr.Textbox(label="or paste an image link", placeholder="https://...", max_lines=1,
+                                          elem_id="image-link", submit_btn="Load")
+                        caption_button = gr.Button("Caption", variant="primary", elem_id="caption-button")
+                    with gr.Column():
+                        caption_box = gr.Textbox(
+                            label="Caption", lines=2, max_lines=10, buttons=["copy"], elem_id="caption",
+                            interactive=False,
+                        )
+                        controls = _settings_controls(defaults)
+                photos = example_photos()
+                examples = gr.Examples(
+                    examples=[[p] for p in photos], inputs=[image], label="Example photos",
+                    example_labels=[example_label(p) for p in photos],  # each button's name, read aloud
+                    examples_per_page=12,
+                )
+            with gr.Tab("Many images"):
+                gr.Markdown(
+                    f"Caption up to {limits.max_images_per_request} images at once (alt text for a "
+                    "folder) with the settings above, and download the results."
+                )
+                files = CaptionFiles(
+                    file_count="multiple", file_types=sorted(IMAGE_SUFFIXES), label="Images", elem_id="many-files"
+                )
+                files.fetch_policy = limits.fetch_policy()
+                many_button = gr.Button("Caption all", variant="primary", elem_id="many-button")
+                table = gr.Dataframe(
+                    headers=["file", "caption", "needs a look"], label="Captions", interactive=False, elem_id="many-table",
+                    type="array",
+                )
+                # The photos with their captions as their alternative text: the tool's own output, used as it is meant.
+                gallery = gr.Gallery(label="Captioned images", elem_id="many-gallery", columns=6, height=320,
+                                     object_fit="contain", interactive=False)
+                with gr.Row():
+                    csv_file = gr.File(label="CSV", elem_id="many-csv")
+                    jsonl_file = gr.File(label="JSON lines", elem_id="many-jsonl")
+            with gr.Tab("Review", id="review"):
+                review_tab = gr.Column()  # filled below, once the settings' widgets exist
         gr.Markdown(MODEL_NOTE)
 
         setting_inputs = [controls[name] for name in SETTING_NAMES]
         with review_tab:
-            build_review_tab(demo, review_token, reviews, setting_inputs, limits.max_file_mb)
+            build_review_tab(demo, review_token, reviews, setting_inputs, limits.max_file_mb, local=bool(review_folder))
         caption_event = dict(
             fn=service.caption,
             inputs=[image, *setting_inputs],
