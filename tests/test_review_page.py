@@ -138,3 +138,24 @@ def test_the_imagefolder_export_trains_as_it_is(tab, tiny_checkpoint, tmp_path, 
     assert main(["train", "--data", str(data), "--output", str(out), "--model", str(tiny_checkpoint), "--epochs", "1",
                  "--batch-size", "2", "--workers", "0"]) == 0
     assert (out / "config.json").is_file()
+
+
+def test_a_large_set_is_shown_a_page_at_a_time(tab, tmp_path):
+    archive = tmp_path / "many.zip"
+    tiny = encode(photo(1, (8, 8)))
+    with zipfile.ZipFile(archive, "w") as packed:
+        for i in range(55):
+            packed.writestr(f"{i:03d}.png", tiny)
+            packed.writestr(f"{i:03d}.txt", f"photo number {i} of the set")
+    token = list(tab.load([str(archive)], *VIEW, *WIDGETS))[-1][0]
+    first = tab.draw(token, "name", "all", "", 1)
+    assert len(first[0]) == 50 and first[1].endswith("Showing 1-50 of 55.")
+    second = tab.draw(token, "name", "all", "", 2)
+    assert [r[1] for r in second[0]] == [f"{i:03d}.png" for i in range(50, 55)]
+    assert second[1].endswith("Showing 51-55 of 55.") and second[3]["value"] == "050.png"
+    assert tab.draw(token, "name", "all", "", 99)[0] == second[0]  # past the end: the last page
+    assert tab.draw(token, "name", "all", "", 0)[0] == first[0]
+    event = gr.SelectData(None, {"index": [2, 1], "value": "052.png"})
+    assert tab.select(token, "name", "all", "", 2, event) == "052.png"
+    edited = tab.save_edit(token, "052.png", "a fixed caption", "name", "all", "", 2)
+    assert edited[1].endswith("Showing 51-55 of 55.") and edited[3]["value"] == "052.png"  # still on page 2

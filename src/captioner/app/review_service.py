@@ -196,11 +196,13 @@ def view_rows(review: ReviewSet, sort: str, flag: str, search: str) -> list:
     return review.view(sort or "flags", None if flag in (None, "", "all") else flag, search or "")
 
 
-def summary(review: ReviewSet, total_shown: int) -> str:
+def summary(review: ReviewSet, total_shown: int, first: int = 0) -> str:
     counts = {f: n for f, n in review.flag_counts().items() if n}
     flagged = sum(1 for r in review.rows.values() if r.flags)
     text = f"{len(review.rows)} images, {flagged} need a look"
     if counts:
         text += ": " + ", ".join(f"{n} {f.replace('_', ' ')}" for f, n in counts.items())
-    return text + f". Showing {min(total_shown, PAGE_ROWS)} of {total_shown}."
+    if total_shown > PAGE_ROWS:
+        return text + f". Showing {first + 1}-{min(first + PAGE_ROWS, total_shown)} of {total_shown}."
+    return text + f". Showing {total_shown} of {total_shown}."
 

@@ -49,12 +49,14 @@ class ReviewTab:
     def __init__(self, reviews: ReviewService) -> None:
         self.reviews = reviews
 
-    def draw(self, token: str, sort: str, flag: str, search: str, status: str = "", selected: str | None = None):
+    def draw(self, token: str, sort: str, flag: str, search: str, page=1, status: str = "",
+             selected: str | None = None):
         """(table, summary, flag filter choices, image picker, status, the picked image's caption
-        and picture) for the current view; the picked image stays picked while it is shown."""
+        and picture) for one page of the current view; the picked image stays picked while shown."""
         review = self.reviews.get(token)
         rows = view_rows(review, SORTS.get(sort, sort), flag, search)
-        shown = rows[:PAGE_ROWS]
+        first = _first_row(page, len(rows))
+        shown = rows[first : first + PAGE_ROWS]
         table = [self._table_row(token, review, row) for row in shown]
         counts = review.flag_counts()
         # Every flag, each with its count: the chosen value stays a choice when its count changes.
@@ -62,7 +64,7 @@ class ReviewTab:
         names = [r.name for r in shown]
         picked = selected if selected in names else (names[0] if names else None)
         picture = self.reviews.thumbnail(token, review, picked) if picked else None
-        return (table, summary(review, len(rows)), gr.update(choices=choices),
+        return (table, summary(review, len(rows), first), gr.update(choices=choices),
                 gr.update(choices=names, value=picked), status, review.rows[picked].caption if picked else "", picture)
 
     def _table_row(self, token: str, review, row: Row) -> list:
@@ -82,18 +84,18 @@ class ReviewTab:
         note = (f"{kept} caption{' kept as it was' if kept == 1 else 's kept as they were'}; " if kept else "")
         note += (f"{others} file{' that is not an image' if others == 1 else 's that are not images'} left out; "
                  if others else "")
-        yield token, *self.draw(token, sort, flag, search, f"{note}captioning {len(names)} images...")
+        yield token, *self.draw(token, sort, flag, search, 1, f"{note}captioning {len(names)} images...")
         for done in self.reviews.caption(token, review, names, settings):
-            yield token, *self.draw(token, sort, flag, search, f"{note}captioned {done} of {len(names)}")
+            yield token, *self.draw(token, sort, flag, search, 1, f"{note}captioned {done} of {len(names)}")
         if not names:
-            yield token, *self.draw(token, sort, flag, search, f"{note}every image already has a caption")
+            yield token, *self.draw(token, sort, flag, search, 1, f"{note}every image already has a caption")
 
     @_errors_shown
-    def restore(self, token, sort, flag, search):
+    def restore(self, token, sort, flag, search, page=1):
         if not token:
             return [], "No set loaded yet.", gr.update(), gr.update(choices=[], value=None), "", "", None
         try:
-            return self.draw(token, sort, flag, search, "Your review is back as you left it.")
+            return self.draw(token, sort, flag, search, page, "Your review is back as you left it.")
         except CaptionError as error:  # gone from the server: an empty tab that says so, not an error box
             return [], str(error), gr.update(), gr.update(choices=[], value=None), "", "", None
 
@@ -106,19 +108,21 @@ class ReviewTab:
             return "", None
         return review.rows[name].caption, self.reviews.thumbnail(token, review, name)
 
-    def select(self, token, sort, flag, search, event: gr.SelectData):
+    def select(self, token, sort, flag, search, page, event: gr.SelectData):
         review = self.reviews.get(token)
-        rows = view_rows(review, SORTS.get(sort, sort), flag, search)[:PAGE_ROWS]
+        rows = view_rows(review, SORTS.get(sort, sort), flag, search)
+        first = _first_row(page, len(rows))
+        rows = rows[first : first + PAGE_ROWS]
         return rows[event.index[0]].name if event.index and event.index[0] < len(rows) else gr.update()
 
     @_errors_shown
-    def save_edit(self, token, name, caption, sort, flag, search):
+    def save_edit(self, token, name, caption, sort, flag, search, page=1):
         review = self.reviews.get(token)
         if not name:
             raise CaptionError("Choose the image to edit first.")
         step = review.edit(name, caption or "")
         self.reviews.save(token, review)
-        return self.draw(token, sort, flag, search, f"Saved: {step.label}.", selected=name)
+        return self.draw(token, sort, flag, search, page, f"Saved: {step.label}.", selected=name)
 
     @_errors_shown
     def preview(self, token, kind, text, find, regex, case, sort, flag, search):
@@ -130,38 +134,44 @@ class ReviewTab:
         return "\n".join(lines)
 
     @_errors_shown
-    def apply(self, token, kind, text, find, regex, case, sort, flag, search):
+    def apply(self, token, kind, text, find, regex, case, sort, flag, search, page=1):
         review = self.reviews.get(token)
         names = [r.name for r in view_rows(review, SORTS.get(sort, sort), flag, search)]
         step = review.apply(bulk_edit(kind, text, find, regex, case), names)
         self.reviews.save(token, review)
-        return *self.draw(token, sort, flag, search, f"Applied: {step.label}. Undo takes it back."), ""
+        return *self.draw(token, sort, flag, search, page, f"Applied: {step.label}. Undo takes it back."), ""
 
-    def undo(self, token, sort, flag, search):
-        return self._history(token, sort, flag, search, back=True)
+    def undo(self, token, sort, flag, search, page=1):
+        return self._history(token, sort, flag, search, page, back=True)
 
-    def redo(self, token, sort, flag, search):
-        return self._history(token, sort, flag, search, back=False)
+    def redo(self, token, sort, flag, search, page=1):
+        return self._history(token, sort, flag, search, page, back=False)
 
     @_errors_shown
-    def _history(self, token, sort, flag, search, back: bool):
+    def _history(self, token, sort, flag, search, page, back: bool):
         review = self.reviews.get(token)
         step = review.undo() if back else review.redo()
         self.reviews.save(token, review)
-        return self.draw(token, sort, flag, search, f"{'Undone' if back else 'Redone'}: {step.label}.",
+        return self.draw(token, sort, flag, search, page, f"{'Undone' if back else 'Redone'}: {step.label}.",
                          selected=step.before[0][0])
 
     @_errors_shown
-    def recaption(self, token, sort, flag, search, *settings):
+    def recaption(self, token, sort, flag, search, page, *settings):
         review = self.reviews.get(token)
         names = [r.name for r in view_rows(review, SORTS.get(sort, sort), flag, search) if not r.error]
         for done in self.reviews.caption(token, review, names, settings, replace=True):
-            yield self.draw(token, sort, flag, search, f"recaptioned {done} of {len(names)} (undo takes it back)")
+            yield self.draw(token, sort, flag, search, page, f"recaptioned {done} of {len(names)} (undo takes it back)")
 
     @_errors_shown
     def export(self, token, choice):
         path = self.reviews.export(token, choice)
         return path, f"Exported: {self.reviews.last_report}."
+
+
+def _first_row(page, total: int) -> int:
+    """The first row of `page` (counted from 1), kept inside the view as it shrinks or grows."""
+    pages = max(1, -(-total // PAGE_ROWS))
+    return (min(max(int(page or 1), 1), pages) - 1) * PAGE_ROWS
 
 
 def build_review_tab(demo: gr.Blocks, token: gr.BrowserState, reviews: ReviewService, setting_inputs: list,
@@ -188,7 +198,10 @@ def build_review_tab(demo: gr.Blocks, token: gr.BrowserState, reviews: ReviewSer
         sort = gr.Dropdown(list(SORTS), value="weakest first", label="Sort", elem_id="review-sort")
         flag = gr.Dropdown([("all", "all")] + [(f, f) for f in FLAGS], value="all", label="Show", elem_id="review-flag")
         search = gr.Textbox(label="Find in captions or names", elem_id="review-search", max_lines=1)
-    counts = gr.Markdown(elem_id="review-counts")
+    with gr.Row():
+        counts = gr.Markdown(elem_id="review-counts")
+        page = gr.Number(1, precision=0, minimum=1, label=f"Page ({PAGE_ROWS} rows each)", elem_id="review-page",
+                         scale=0, min_width=160)
     grid = gr.Dataframe(headers=HEADERS, datatype=["markdown", "str", "str", "str", "number", "str"], type="array",
                         interactive=False, wrap=True, label="Captions to review", elem_id="review-table",
                         column_widths=["96px", "18%", "36%", "9%", "8%", "20%"])
@@ -220,7 +233,7 @@ def build_review_tab(demo: gr.Blocks, token: gr.BrowserState, reviews: ReviewSer
         export = gr.Button("Export", elem_id="review-export")
     export_file = gr.File(label="Download", elem_id="review-download")
 
-    view = [token, sort, flag, search]
+    view = [token, sort, flag, search, page]
     drawn = [grid, counts, flag, picker, status, caption, preview_image]
     private = dict(api_visibility="private")
     load_button.click(tab.load, [files, sort, flag, search, *setting_inputs], [token, *drawn],
@@ -228,13 +241,14 @@ def build_review_tab(demo: gr.Blocks, token: gr.BrowserState, reviews: ReviewSer
     for control in (sort, flag):
         control.input(tab.draw, view, drawn, **private)
     search.submit(tab.draw, view, drawn, **private)
+    page.submit(tab.draw, view, drawn, **private)
     picker.input(tab.pick, [token, picker], [caption, preview_image], **private)
     grid.select(tab.select, view, picker, **private)
-    save.click(tab.save_edit, [token, picker, caption, sort, flag, search], drawn, **private)
-    caption.submit(tab.save_edit, [token, picker, caption, sort, flag, search], drawn, **private)
+    save.click(tab.save_edit, [token, picker, caption, *view[1:]], drawn, **private)
+    caption.submit(tab.save_edit, [token, picker, caption, *view[1:]], drawn, **private)
     undo.click(tab.undo, view, drawn, **private)
     redo.click(tab.redo, view, drawn, **private)
-    bulk_inputs = [token, kind, text, find, regex, case, sort, flag, search]
+    bulk_inputs = [token, kind, text, find, regex, case, *view[1:]]
     preview.click(tab.preview, bulk_inputs, preview_text, **private)
     apply.click(tab.apply, bulk_inputs, [*drawn, preview_text], **private)
     recaption.click(tab.recaption, [*view, *setting_inputs], drawn, concurrency_limit=1, concurrency_id="sets",
