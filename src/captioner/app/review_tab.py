@@ -125,7 +125,8 @@ class ReviewTab:
         return self.draw(token, sort, flag, search, page, f"Saved: {step.label}.", selected=name)
 
     @_errors_shown
-    def preview(self, token, kind, text, find, regex, case, sort, flag, search):
+    def preview(self, token, kind, text, find, regex, case, sort, flag, search, page=1):
+        """What the bulk edit would do to every row of the view, on any page (`page` is not needed)."""
         review = self.reviews.get(token)
         names = [r.name for r in view_rows(review, SORTS.get(sort, sort), flag, search)]
         result = review.preview(bulk_edit(kind, text, find, regex, case), names)
