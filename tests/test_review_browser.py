@@ -130,11 +130,7 @@ def test_the_review_flow_with_the_keyboard_alone(page, tmp_path):
     upload(page, archive, given=True)
     tab_to(page, "#review-load")
     page.keyboard.press("Enter")
-    try:
-        status_says(page, "every image already has a caption")
-    except Exception:
-        page.screenshot(path="/tmp/rv/kb.png", full_page=True)
-        raise
+    status_says(page, "every image already has a caption")
     tab_to(page, "#review-flag input")
     page.keyboard.type("repeated")
     page.wait_for_function("""() => { const box = document.querySelector('#review-flag input');
@@ -155,3 +151,24 @@ def test_the_review_flow_with_the_keyboard_alone(page, tmp_path):
     tab_to(page, "#review-export")
     page.keyboard.press("Enter")
     status_says(page, "Exported: 2 images with captions")
+
+
+def test_a_folder_upload_keeps_its_sub_folders_in_the_browser(page, tmp_path):
+    """The browser sends a folder's files by base name only; the page sends their paths with Load."""
+    folder = tmp_path / "holiday"
+    for inside, data in {"day 1/a.jpg": encode(photo(1, (40, 30)), "JPEG"), "day 1/a.txt": b"the first a",
+                         "day 2/a.jpg": encode(photo(2, (40, 30)), "JPEG"), "day 2/a.txt": b"the second a",
+                         "c.png": encode(photo(3, (40, 30))), "notes.pdf": b"%PDF"}.items():
+        (folder / inside).parent.mkdir(parents=True, exist_ok=True)
+        (folder / inside).write_bytes(data)
+    page.locator("#review-folder input[type=file]").set_input_files(str(folder))
+    # The list shows each name's stem and suffix apart ("notes", ".pdf"): wait for the last one picked.
+    page.wait_for_function("() => document.querySelector('#review-folder').innerText.includes('.pdf')")
+    page.click("#review-load")
+    status_says(page, "captioned 1 of 1")
+    assert "2 captions kept as they were; 1 file that is not an image left out" in page.locator(
+        "#review-status").inner_text()
+    page.locator("#review-search input, #review-search textarea").first.fill("the second a")
+    page.keyboard.press("Enter")
+    page.wait_for_function("() => !document.querySelector('#review-table').innerText.includes('the first a')")
+    assert "day 2/a.jpg" in page.locator("#review-table").inner_text()

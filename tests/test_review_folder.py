@@ -35,7 +35,7 @@ def folder(tmp_path):
 def test_edits_land_in_the_folder_at_once_and_undo_works_after_a_restart(captioner, folder):
     service = CaptionService(captioner, AppLimits(max_batch_size=4))
     tab = ReviewTab(FolderReviews(service, folder))
-    steps = list(tab.load(None, *VIEW, *WIDGETS))
+    steps = list(tab.load(None, None, "", *VIEW, *WIDGETS))
     assert "1 caption kept as it was" in steps[-1][5] and "captioned 2 of 2" in steps[-1][5]
     model = captioner.caption([photo(1, (40, 30))])[0][0].text
     assert (folder / "b.txt").read_text(encoding="utf-8") == model + "\n"  # the model's drafts, beside them

@@ -5,6 +5,7 @@ captioned, edits kept on disk through a restart, and an export that `datasets` a
 import json
 import os
 import zipfile
+from pathlib import Path
 
 import gradio as gr
 import pytest
@@ -42,7 +43,7 @@ def table_of(drawn):
 
 
 def loaded(tab, tmp_path):
-    steps = list(tab.load([str(messy_zip(tmp_path / "set.zip"))], *VIEW, *WIDGETS))
+    steps = list(tab.load([str(messy_zip(tmp_path / "set.zip"))], None, "", *VIEW, *WIDGETS))
     token = steps[-1][0]
     return token, steps
 
@@ -105,17 +106,17 @@ def test_bad_requests_are_one_message_and_change_nothing(tab, tmp_path, call, me
 
 def test_bad_uploads_are_one_message(tab, tmp_path):
     with pytest.raises(gr.Error, match="Add images"):
-        list(tab.load([], *VIEW, *WIDGETS))
+        list(tab.load([], None, "", *VIEW, *WIDGETS))
     slip = tmp_path / "slip.zip"
     with zipfile.ZipFile(slip, "w") as archive:
         archive.writestr("ok.png", encode(photo(1)))
         archive.writestr("../../outside.png", encode(photo(2)))
     with pytest.raises(gr.Error, match="points outside the archive's folder"):
-        list(tab.load([str(slip)], *VIEW, *WIDGETS))
+        list(tab.load([str(slip)], None, "", *VIEW, *WIDGETS))
     assert not (tmp_path / "outside.png").exists() and not list(tmp_path.rglob("outside.png"))
     (tmp_path / "notes.txt").write_text("no image here")
     with pytest.raises(gr.Error, match="holds no images"):
-        list(tab.load([str(tmp_path / "notes.txt")], *VIEW, *WIDGETS))
+        list(tab.load([str(tmp_path / "notes.txt")], None, "", *VIEW, *WIDGETS))
     assert tab.restore(None, *VIEW)[1] == "No set loaded yet."
 
 
@@ -147,7 +148,7 @@ def test_a_large_set_is_shown_a_page_at_a_time(tab, tmp_path):
         for i in range(55):
             packed.writestr(f"{i:03d}.png", tiny)
             packed.writestr(f"{i:03d}.txt", f"photo number {i} of the set")
-    token = list(tab.load([str(archive)], *VIEW, *WIDGETS))[-1][0]
+    token = list(tab.load([str(archive)], None, "", *VIEW, *WIDGETS))[-1][0]
     first = tab.draw(token, "name", "all", "", 1)
     assert len(first[0]) == 50 and first[1].endswith("Showing 1-50 of 55.")
     second = tab.draw(token, "name", "all", "", 2)
@@ -179,3 +180,46 @@ def test_every_review_event_takes_the_inputs_the_page_sends(captioner):
         signature.bind(*values)  # raises TypeError if the counts disagree
         checked += 1
     assert checked >= 12
+
+
+def uploaded_folder(tmp_path):
+    """A folder upload as gradio hands it over: each file in a cache folder of its own, under its
+    base name only, and the paths the browser told (the picked folder's name first)."""
+    files, told = [], []
+    made = {"day 1/a.jpg": encode(photo(1, (40, 30)), "JPEG"), "day 1/a.txt": b"the first a",
+            "day 2/a.jpg": encode(photo(2, (40, 30)), "JPEG"), "day 2/a.txt": b"the second a, longer",
+            "day 2/metadata.jsonl": json.dumps({"file_name": "b.png", "text": "b from day 2"}).encode() + b"\n",
+            "day 2/b.png": encode(photo(3, (40, 30))), "c.png": encode(photo(4, (40, 30))), "notes.pdf": b"%PDF"}
+    for i, (inside, data) in enumerate(made.items()):
+        cached = tmp_path / "cache" / str(i) / inside.rsplit("/", 1)[-1]
+        cached.parent.mkdir(parents=True)
+        cached.write_bytes(data)
+        files.append(str(cached))
+        told.append([f"holiday/{inside}", len(data)])
+    return files, told
+
+
+def test_a_folder_upload_keeps_its_sub_folders(tab, tmp_path):
+    files, told = uploaded_folder(tmp_path)
+    told.reverse()  # the order the browser tells need not be the upload's
+    steps = list(tab.load(None, files, json.dumps(told), *VIEW, *WIDGETS))
+    rows = table_of(steps[-1][1:])
+    assert sorted(rows) == ["c.png", "day 1/a.jpg", "day 2/a.jpg", "day 2/b.png"]
+    assert rows["day 1/a.jpg"][2:4] == ["the first a", "existing"]
+    assert rows["day 2/a.jpg"][2:4] == ["the second a, longer", "existing"]
+    assert rows["day 2/b.png"][2:4] == ["b from day 2", "existing"]
+    assert rows["c.png"][3] == "model"
+    assert "1 file that is not an image left out" in steps[-1][5]
+
+
+def test_a_folder_upload_without_paths_or_with_hostile_ones_stays_inside_the_set(tab, tmp_path):
+    from captioner.app.review_service import folder_places
+
+    files, told = uploaded_folder(tmp_path)
+    assert [inside for _, inside in folder_places(files, "not json")] == [[Path(f).name] for f in files]
+    hostile = [["holiday/../../../etc/x.jpg", told[0][1]], ["/abs/a.txt", told[1][1]], ["a.jpg", told[2][1]]]
+    places = folder_places(files[:3], json.dumps(hostile))
+    assert [inside for _, inside in places] == [["a.jpg"], ["a.txt"], ["a.jpg"]]
+    steps = list(tab.load(None, files[:3], json.dumps(hostile), *VIEW, *WIDGETS))
+    assert sorted(table_of(steps[-1][1:])) == ["a (2).jpg", "a.jpg"]  # two photos of one name both stay
+    assert not list(tmp_path.rglob("etc"))

@@ -41,7 +41,7 @@ class FolderReviews(ReviewService):
         self._check_writable()
         self._keep(self.token, review)
 
-    def start(self, files) -> tuple[str, ReviewSet, int]:
+    def start(self, files, folder_files=None, folder_paths="") -> tuple[str, ReviewSet, int]:
         """The folder is the set: the page's Load button captions what has no caption."""
         return self.token, self.get(self.token), self.not_images
 

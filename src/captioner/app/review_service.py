@@ -49,18 +49,21 @@ class ReviewService:
         self.max_open = max_open
 
     # ---- loading and captioning ------------------------------------------------------------
-    def start(self, files: list[str] | None) -> tuple[str, ReviewSet, int]:
-        """A new review of the uploaded files (images, caption files, zips): (token, set, files
-        that are not images)."""
-        if not files:
-            raise ReviewError("Add images, their caption files, or a .zip first.")
+    def start(self, files: list[str] | None, folder_files: list[str] | None = None,
+              folder_paths: str = "") -> tuple[str, ReviewSet, int]:
+        """A new review of the uploaded files (images, caption files, zips) and of an uploaded
+        folder, kept in its sub-folders where the browser told their paths (`folder_paths`):
+        (token, set, files that are not images)."""
+        files, folder_files = list(files or []), list(folder_files or [])
+        if not files and not folder_files:
+            raise ReviewError("Add images, their caption files, a folder, or a .zip first.")
         self._remove_old()
         token = secrets.token_urlsafe(18)
         folder = self.root / token / "set"
         limit = self.service.limits.max_file_mb * 2**20
         skipped: list[str] = []
-        if len(files) == 1 and Path(files[0]).suffix.lower() == ".zip":  # one zip: its own folders are the set's
-            skipped += extract_zip(Path(files[0]), folder, max_file_bytes=limit)
+        if len(files) == 1 and not folder_files and Path(files[0]).suffix.lower() == ".zip":
+            skipped += extract_zip(Path(files[0]), folder, max_file_bytes=limit)  # its own folders are the set's
         else:
             folder.mkdir(parents=True)
             for path in map(Path, files):
@@ -68,6 +71,10 @@ class ReviewService:
                     skipped += extract_zip(path, _free_name(folder / path.stem), max_file_bytes=limit)
                 else:
                     shutil.copyfile(path, _free_name(folder / path.name))
+            for path, inside in folder_places(folder_files, folder_paths):
+                target = _free_name(folder.joinpath(*inside))
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, target)
         found = read_folder(folder)
         review = ReviewSet(found.rows)
         self._keep(token, review)
@@ -174,6 +181,36 @@ class ReviewService:
                     self._open.pop(folder.name, None)
             except OSError:
                 continue  # being written, or gone already
+
+
+def folder_places(files: list[str], paths_json: str) -> list[tuple[Path, list[str]]]:
+    """Where each file of a folder upload goes inside the set: its path in the folder as the
+    browser told it (`[[relative path, size], ...]`, in the order the files were picked), so
+    sub-folders, their metadata.jsonl and same-named photos in two folders stay apart. The
+    upload itself carries only base names: a file takes the first unused path of its name and
+    size; a file with no match (or a path that is not plain) goes to the set's top folder under
+    its own name, as a plain upload of many files does."""
+    try:
+        told = [(str(p), int(n)) for p, n in json.loads(paths_json or "[]")]
+    except (ValueError, TypeError):
+        told = []
+    unused: dict[tuple[str, int], list[list[str]]] = collections.defaultdict(list)
+    for relative, size in told:
+        parts = [p for p in relative.replace("\\", "/").split("/") if p not in ("", ".")]
+        if len(parts) > 1 and ".." not in parts and "\x00" not in relative and not parts[0].endswith(":"):
+            parts = parts[1:]  # the folder's own name, which the person picked
+        else:
+            parts = []
+        unused[(parts[-1] if parts else "", size)].append(parts)
+    places = []
+    for path in map(Path, files):
+        try:
+            size = path.stat().st_size
+        except OSError:
+            size = -1
+        candidates = unused.get((path.name, size))
+        places.append((path, candidates.pop(0) if candidates else [path.name]))
+    return places
 
 
 def _free_name(path: Path) -> Path:

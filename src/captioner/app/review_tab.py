@@ -77,8 +77,8 @@ class ReviewTab:
 
     # ---- handlers -----------------------------------------------------------------------------
     @_errors_shown
-    def load(self, files, sort, flag, search, *settings):
-        token, review, others = self.reviews.start(files)
+    def load(self, files, folder_files, folder_paths, sort, flag, search, *settings):
+        token, review, others = self.reviews.start(files, folder_files, folder_paths)
         names = [r.name for r in review.uncaptioned()]
         kept = len(review.rows) - len(names)
         note = (f"{kept} caption{' kept as it was' if kept == 1 else 's kept as they were'}; " if kept else "")
@@ -169,6 +169,21 @@ class ReviewTab:
         return path, f"Exported: {self.reviews.last_report}."
 
 
+# The paths (and sizes) of the files picked in #review-folder, kept for Load: the upload box
+# replaces its <input> as it redraws, so the paths are caught as they are picked, by a listener
+# on the document.
+FOLDER_PATHS_JS = """() => {
+  document.addEventListener("change", (event) => {
+    const input = event.target;
+    if (input instanceof HTMLInputElement && input.type === "file" && input.closest("#review-folder")) {
+      window.captionerFolderPaths = JSON.stringify(
+        Array.from(input.files || []).map((f) => [f.webkitRelativePath || f.name, f.size]));
+    }
+  }, true);
+}"""
+SEND_FOLDER_PATHS_JS = """(...args) => { args[2] = window.captionerFolderPaths || "[]"; return args; }"""
+
+
 def _first_row(page, total: int) -> int:
     """The first row of `page` (counted from 1), kept inside the view as it shrinks or grows."""
     pages = max(1, -(-total // PAGE_ROWS))
@@ -192,6 +207,11 @@ def build_review_tab(demo: gr.Blocks, token: gr.BrowserState, reviews: ReviewSer
                     "each image, or a metadata.jsonl/.csv) are kept. The settings are the first tab's.")
     files = CaptionFiles(file_count="multiple", file_types=UPLOAD_TYPES, elem_id="review-files", visible=not local,
                          label=f"Images, their caption files, or a .zip (up to {max_file_mb} MB an image)")
+    # A folder's files reach the server by their base names only; the browser's paths inside the
+    # folder are read when they are picked (FOLDER_PATHS_JS) and sent with Load, so sub-folders stay.
+    folder_files = gr.File(file_count="directory", elem_id="review-folder", visible=not local,
+                           label="Or a whole folder, with its sub-folders")
+    folder_paths = gr.Textbox(visible=False, elem_id="review-folder-paths")
     load_button = gr.Button("Caption the images without a caption" if local else "Load and caption",
                             variant="primary", elem_id="review-load")
     status = gr.Markdown(elem_id="review-status")
@@ -237,8 +257,10 @@ def build_review_tab(demo: gr.Blocks, token: gr.BrowserState, reviews: ReviewSer
     view = [token, sort, flag, search, page]
     drawn = [grid, counts, flag, picker, status, caption, preview_image]
     private = dict(api_visibility="private")
-    load_button.click(tab.load, [files, sort, flag, search, *setting_inputs], [token, *drawn],
-                      concurrency_limit=1, concurrency_id="sets", **private)
+    demo.load(None, js=FOLDER_PATHS_JS)
+    load_button.click(tab.load, [files, folder_files, folder_paths, sort, flag, search, *setting_inputs],
+                      [token, *drawn], js=SEND_FOLDER_PATHS_JS, concurrency_limit=1, concurrency_id="sets",
+                      **private)
     for control in (sort, flag):
         control.input(tab.draw, view, drawn, **private)
     search.submit(tab.draw, view, drawn, **private)
