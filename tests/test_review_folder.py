@@ -2,6 +2,7 @@
 they are acknowledged, a SIGKILL in a burst of edits leaves every file whole, and undo works after
 a restart; a folder that cannot be written, or holds no images, is one line and exit 2."""
 
+import json
 import os
 import shutil
 import signal
@@ -52,6 +53,49 @@ def test_edits_land_in_the_folder_at_once_and_undo_works_after_a_restart(caption
     restarted.undo(restarted.reviews.token, *VIEW)
     assert (folder / "trip" / "c.txt").read_text(encoding="utf-8") == model_c(captioner) + "\n"
     assert {p.name for p in folder.iterdir()} == {"a.jpg", "a.txt", "b.png", "b.txt", HISTORY, "trip"}
+
+
+def test_with_metadata_the_folders_metadata_jsonl_is_the_review(captioner, folder, tmp_path):
+    lines = [{"file_name": "a.jpg", "text": "a from the metadata", "tags": ["kept"]},
+             {"file_name": "gone.jpg", "text": "a photo no longer here"}]
+    (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines), encoding="utf-8")
+    service = CaptionService(captioner, AppLimits(max_batch_size=4))
+    tab = ReviewTab(FolderReviews(service, folder, metadata=True))
+    steps = list(tab.load(None, None, "", *VIEW, *WIDGETS))
+    assert "1 caption kept as it was" in steps[-1][5] and "captioned 2 of 2" in steps[-1][5]
+    assert table(steps[-1])["a.jpg"] == "a from the metadata"  # not a.txt: the metadata is the review
+    tab.save_edit(tab.reviews.token, "trip/c.png", "edited in the metadata", *VIEW)
+    written = {r["file_name"]: r for r in map(json.loads, (folder / "metadata.jsonl").read_text().splitlines())}
+    assert written["a.jpg"] == lines[0] and written["gone.jpg"] == lines[1]  # other columns and lines kept
+    assert written["trip/c.png"]["text"] == "edited in the metadata"
+    assert written["b.png"]["text"] == captioner.caption([photo(1, (40, 30))])[0][0].text
+    assert (folder / "a.txt").read_text(encoding="utf-8") == "a person's caption\n" and not (folder / "b.txt").exists()
+    import datasets
+
+    loaded = datasets.load_dataset("imagefolder", data_dir=str(folder), split="train")
+    assert "edited in the metadata" in loaded["text"]
+
+    restarted = ReviewTab(FolderReviews(service, folder, metadata=True))
+    assert restarted.undo(restarted.reviews.token, *VIEW)[4].startswith("Undone: edit trip/c.png")
+    assert "edited in the metadata" not in (folder / "metadata.jsonl").read_text()
+
+
+def test_with_metadata_a_line_it_could_not_write_back_is_refused(tiny_checkpoint, folder, capsys):
+    (folder / "metadata.jsonl").write_text('{"file_name": "a.jpg", "text": "ok"}\nnot json\n', encoding="utf-8")
+    before = (folder / "metadata.jsonl").read_bytes()
+    assert main(["review", str(folder), "--metadata", "--model", str(tiny_checkpoint)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {folder / 'metadata.jsonl'}:2 is not a JSON object with a " \
+        "file_name; fix that line first (the review rewrites the file and would lose it)"
+    assert (folder / "metadata.jsonl").read_bytes() == before
+    (folder / "metadata.jsonl").unlink()
+    (folder / "trip" / "metadata.csv").write_text("file_name,text\nc.png,c\n", encoding="utf-8")
+    assert main(["review", str(folder), "--metadata", "--model", str(tiny_checkpoint)]) == 2
+    assert "trip/metadata.csv too" in capsys.readouterr().err
+    assert (folder / "trip" / "metadata.csv").read_text() == "file_name,text\nc.png,c\n"
+
+
+def table(drawn):
+    return {row[1]: row[2] for row in drawn[1]}
 
 
 def model_c(captioner):

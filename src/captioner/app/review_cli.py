@@ -24,6 +24,9 @@ def add_review_command(commands) -> None:
                                                     "written to caption files beside them")
     review.add_argument("--sidecar", default=".txt", type=text,
                         help="the caption files' extension (default .txt: photo.jpg -> photo.txt)")
+    review.add_argument("--metadata", action="store_true",
+                        help="read and write the captions in the folder's metadata.jsonl (imagefolder layout) "
+                             "instead of sidecar files")
     review.add_argument("--model", type=model_source, help=MODEL_HELP)
     add_precision_argument(review, default="float32")
     review.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1: this machine only)")
@@ -40,7 +43,7 @@ def run_review(args: argparse.Namespace) -> int:
     if not args.sidecar.startswith(".") or args.sidecar.lower() in IMAGE_SUFFIXES or "/" in args.sidecar:
         raise CaptionError(f"--sidecar {args.sidecar} is not a caption file extension; use e.g. .txt")
     captioner = Captioner.from_pretrained(args.model, dtype=args.dtype)
-    demo = build_demo(captioner, review_folder=(args.folder, args.sidecar))
+    demo = build_demo(captioner, review_folder=(args.folder, args.sidecar, args.metadata))
     print(f"Reviewing {args.folder.absolute()} at http://{args.host}:{args.port}/ (Ctrl-C stops; every edit "
           "is already in the folder)")
     demo.launch(server_name=args.host, server_port=args.port, show_error=False, quiet=True, **page_options())

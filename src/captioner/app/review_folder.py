@@ -1,20 +1,22 @@
 """`python -m captioner review FOLDER`: the review page for a folder on this machine.
 
 The folder's own caption files are the review: a sidecar beside each image (photo.jpg ->
-photo.txt) is read when the page starts and replaced the moment a caption changes (atomically:
-a kill leaves the old text or the new, never half). The undo history is kept beside the images,
-in `.captioner-review.json`, so undo works after a restart. Thumbnails go to a cache folder of
-their own, not into the person's folder. Served on 127.0.0.1 unless --host says otherwise.
+photo.txt), or with --metadata the folder's imagefolder `metadata.jsonl`, is read when the page
+starts and replaced the moment a caption changes (atomically: a kill leaves the old text or the
+new, never half). The undo history is kept beside the images, in `.captioner-review.json`, so
+undo works after a restart. Thumbnails go to a cache folder of their own, not into the person's
+folder. Served on 127.0.0.1 unless --host says otherwise.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 import tempfile
 from pathlib import Path
 
-from ..caption_files import write_atomically
+from ..caption_files import METADATA_NAMES, DatasetError, read_text, write_atomically
 from ..review import ReviewError, ReviewSet
 from ..review.sources import OWN_FILES, read_folder
 from .review_service import ReviewService
@@ -26,14 +28,15 @@ HISTORY = OWN_FILES + "-review.json"
 class FolderReviews(ReviewService):
     """One review: the folder's. Every change goes to its caption files before it is acknowledged."""
 
-    def __init__(self, service: CaptionService, folder: Path, sidecar: str = ".txt") -> None:
+    def __init__(self, service: CaptionService, folder: Path, sidecar: str = ".txt", metadata: bool = False) -> None:
         self.folder = Path(folder).absolute()
         key = hashlib.sha256(str(self.folder).encode("utf-8", "surrogateescape")).hexdigest()[:32]
         super().__init__(service, Path(tempfile.gettempdir()) / "captioner-folder-reviews" / key)
         self.token = key
         self.sidecar = sidecar
         self.history = self.folder / HISTORY
-        found = read_folder(self.folder, sidecar)
+        self.metadata = MetadataFile(self.folder) if metadata else None
+        found = read_folder(self.folder, None if metadata else sidecar)
         self.not_images = len(found.not_images)
         review = ReviewSet(found.rows)
         self._restore_history(review)
@@ -51,9 +54,11 @@ class FolderReviews(ReviewService):
     def save(self, token: str, review: ReviewSet) -> None:
         """Each caption that changed, to its file; then the history. An image's caption file is
         removed only when its caption went back to none (an undo of a first caption)."""
-        for name, row in review.rows.items():
-            if self._written.get(name) == row.caption:
-                continue
+        changed = {n: r for n, r in review.rows.items() if self._written.get(n) != r.caption}
+        if self.metadata is not None and changed:
+            self.metadata.write({n: r.caption for n, r in changed.items()})
+            self._written.update((n, r.caption) for n, r in changed.items())
+        for name, row in changed.items() if self.metadata is None else ():
             target = Path(row.image).with_suffix(self.sidecar)
             try:
                 if row.caption or row.origin:
@@ -93,3 +98,51 @@ class FolderReviews(ReviewService):
         except OSError as error:
             raise ReviewError(f"{self.folder} cannot be written ({error.strerror or error}): the review writes "
                               "each caption beside its image; copy the folder somewhere writable") from None
+
+
+class MetadataFile:
+    """The folder's `metadata.jsonl` as the review's caption file: rewritten whole (atomically) on
+    each change, each line keeping its other columns and its place; lines for files that are not
+    in the set stay as they were. A file the review could not write back unchanged is refused."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / "metadata.jsonl"
+        others = [p for p in folder.rglob("metadata.*") if p.name in METADATA_NAMES and p != self.path]
+        if others:
+            raise ReviewError(f"--metadata writes {self.path}, but this folder keeps captions in "
+                              f"{others[0].relative_to(folder)} too; review it with sidecars, or merge them first")
+        self.records: list[dict] = []
+        if self.path.exists():
+            try:
+                lines = read_text(self.path).splitlines()
+            except DatasetError as error:
+                raise ReviewError(str(error)) from None
+            for number, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    record = None
+                if not isinstance(record, dict) or not isinstance(record.get("file_name"), str):
+                    raise ReviewError(f"{self.path}:{number} is not a JSON object with a file_name; fix that "
+                                      "line first (the review rewrites the file and would lose it)")
+                self.records.append(record)
+
+    def write(self, captions: dict[str, str]) -> None:
+        by_name = {posixpath.normpath(r["file_name"]): r for r in self.records}
+        for name, caption in captions.items():
+            record = by_name.get(name)
+            if record is None:
+                if not caption:
+                    continue
+                record = by_name[name] = {"file_name": name}
+                self.records.append(record)
+            key = "text" if "text" in record or "caption" not in record else "caption"
+            record[key] = caption
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.records)
+        try:
+            write_atomically(self.path, text.encode("utf-8", "surrogateescape"))
+        except OSError as error:
+            raise ReviewError(f"cannot write {self.path}: {error.strerror or error}; the captions on disk are "
+                              "unchanged") from None

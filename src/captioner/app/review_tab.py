@@ -198,9 +198,9 @@ def build_review_tab(demo: gr.Blocks, token: gr.BrowserState, reviews: ReviewSer
     tab = ReviewTab(reviews)
     gr.set_static_paths([str(reviews.root)])  # the thumbnails, by the review's unguessable token
     if local:
-        gr.Markdown(f"Reviewing the folder {getattr(reviews, 'folder', '')}: every change is written to the "
-                    "caption file beside its image at once, and undo works after a restart. The settings "
-                    "are the first tab's.")
+        where = "its metadata.jsonl" if getattr(reviews, "metadata", None) else "the caption file beside its image"
+        gr.Markdown(f"Reviewing the folder {getattr(reviews, 'folder', '')}: every change is written to {where} "
+                    "at once, and undo works after a restart. The settings are the first tab's.")
     else:
         gr.Markdown("Load a set, let the model caption what has no caption yet, fix what needs a look, "
                     "and export it for training or as alt text. Captions a set already has (a .txt beside "

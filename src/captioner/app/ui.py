@@ -60,9 +60,9 @@ def example_photos() -> list[str]:
 
 
 def build_demo(captioner: Captioner, limits: AppLimits = AppLimits(),
-               review_folder: tuple[Path, str] | None = None) -> gr.Blocks:
-    """The whole interface around one loaded Captioner. With `review_folder` (a folder and its
-    caption files' extension), the Review tab is that folder's, opened first (review_folder.py).
+               review_folder: tuple | None = None) -> gr.Blocks:
+    """The whole interface around one loaded Captioner. With `review_folder` (a folder, its
+    caption files' extension, and whether its metadata.jsonl holds the captions instead), the Review tab is that folder's, opened first (review_folder.py).
 
     >>> build_demo(Captioner.from_pretrained()).launch()  # doctest: +SKIP
     """

@@ -45,8 +45,9 @@ class FoundSet:
     caption_sources: dict[str, str] = field(default_factory=dict)  # row name -> file its caption came from
 
 
-def read_folder(root: Path, sidecar: str = SIDECAR) -> FoundSet:
-    """Every image under `root` (recursively) as a row, in name order, and every other file named."""
+def read_folder(root: Path, sidecar: str | None = SIDECAR) -> FoundSet:
+    """Every image under `root` (recursively) as a row, in name order, and every other file named.
+    With `sidecar` None, captions come from the metadata files alone."""
     root = Path(root)
     if not root.is_dir():
         raise ReviewError(f"{root} is not a folder")
@@ -65,7 +66,7 @@ def read_folder(root: Path, sidecar: str = SIDECAR) -> FoundSet:
                 images.append(path)
             elif name in METADATA_NAMES:
                 metadata.append(path)
-            elif path.suffix.lower() != sidecar.lower() or not _has_image(path):
+            elif sidecar is None or path.suffix.lower() != sidecar.lower() or not _has_image(path):
                 others.append(_name(root, path))
     if not images:
         raise ReviewError(f"{root} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
@@ -81,9 +82,9 @@ def read_folder(root: Path, sidecar: str = SIDECAR) -> FoundSet:
     for image in images:
         name = _name(root, image)
         text, source = None, None
-        side = image.with_suffix(sidecar)
+        side = image.with_suffix(sidecar) if sidecar else None
         try:
-            text = read_sidecar(side)
+            text = read_sidecar(side) if side else None
         except DatasetError as error:
             raise ReviewError(str(error)) from None
         if text is not None:
