@@ -55,6 +55,14 @@ def test_edits_land_in_the_folder_at_once_and_undo_works_after_a_restart(caption
     assert {p.name for p in folder.iterdir()} == {"a.jpg", "a.txt", "b.png", "b.txt", HISTORY, "trip"}
 
 
+def test_the_folder_is_shown_when_the_page_opens_before_any_load(captioner, folder):
+    tab = ReviewTab(FolderReviews(CaptionService(captioner, AppLimits(max_batch_size=4)), folder))
+    drawn = tab.restore(None, *VIEW)  # a first visit: the browser has no token yet
+    assert [row[1] for row in drawn[0]] == ["a.jpg", "b.png", "trip/c.png"]
+    assert drawn[4] == "2 images have no caption yet: the button above captions them."
+    assert tab.pick(None, "a.jpg")[0] == "a person's caption"
+
+
 def test_with_metadata_the_folders_metadata_jsonl_is_the_review(captioner, folder, tmp_path):
     lines = [{"file_name": "a.jpg", "text": "a from the metadata", "tags": ["kept"]},
              {"file_name": "gone.jpg", "text": "a photo no longer here"}]

@@ -16,7 +16,7 @@ import posixpath
 import tempfile
 from pathlib import Path
 
-from ..caption_files import METADATA_NAMES, DatasetError, read_text, write_atomically
+from ..caption_files import METADATA_NAMES, DatasetError, read_text, write_all_atomically, write_atomically
 from ..review import ReviewError, ReviewSet
 from ..review.sources import OWN_FILES, read_folder
 from .review_service import ReviewService
@@ -58,17 +58,17 @@ class FolderReviews(ReviewService):
         if self.metadata is not None and changed:
             self.metadata.write({n: r.caption for n, r in changed.items()})
             self._written.update((n, r.caption) for n, r in changed.items())
-        for name, row in changed.items() if self.metadata is None else ():
-            target = Path(row.image).with_suffix(self.sidecar)
+        if self.metadata is None and changed:
+            files = {Path(row.image).with_suffix(self.sidecar): (row.caption.encode("utf-8", "surrogateescape") + b"\n"
+                                                                 if row.caption or row.origin else None)
+                     for row in changed.values()}
             try:
-                if row.caption or row.origin:
-                    write_atomically(target, row.caption.encode("utf-8", "surrogateescape") + b"\n")
-                else:
-                    target.unlink(missing_ok=True)
+                write_all_atomically(files)
             except OSError as error:
-                raise ReviewError(f"cannot write {target}: {error.strerror or error}; the caption on disk is "
-                                  "unchanged") from None
-            self._written[name] = row.caption
+                target = error.filename or next(iter(files))
+                raise ReviewError(f"cannot write {target}: {error.strerror or error}; each caption file is whole, "
+                                  "and the ones not yet written are as they were") from None
+            self._written.update((n, r.caption) for n, r in changed.items())
         state = {"steps": review.to_state()["steps"], "position": review.position}
         write_atomically(self.history, json.dumps(state, ensure_ascii=False).encode("utf-8", "surrogateescape"))
 

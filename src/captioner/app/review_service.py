@@ -15,6 +15,7 @@ import re
 import secrets
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -47,6 +48,11 @@ class ReviewService:
         self.secret = self._secret(base / ".secret")  # beside the served folder, never in it
         self._open: collections.OrderedDict[str, ReviewSet] = collections.OrderedDict()
         self.max_open = max_open
+        self._locks = [threading.RLock() for _ in range(64)]  # striped: bounded, whatever the visitors
+
+    def lock(self, token: str | None) -> threading.RLock:
+        """The lock a review's changes take, so two events of one review never interleave."""
+        return self._locks[hash(token or "") % len(self._locks)]
 
     # ---- loading and captioning ------------------------------------------------------------
     def start(self, files: list[str] | None, folder_files: list[str] | None = None,
@@ -91,10 +97,11 @@ class ReviewService:
             piece = names[start : start + step]
             results = self.service.caption_each(
                 len(piece), lambda i: (self.service.decode_image(review.rows[piece[i]].image), settings), bulk=True)
-            review.set_errors({n: str(r) for n, r in zip(piece, results) if isinstance(r, CaptionError)})
-            review.set_model_captions({n: (r[0].text, r[0].score) for n, r in zip(piece, results)
-                                       if not isinstance(r, CaptionError)}, replace=replace)
-            self.save(token, review)
+            with self.lock(token):
+                review.set_errors({n: str(r) for n, r in zip(piece, results) if isinstance(r, CaptionError)})
+                review.set_model_captions({n: (r[0].text, r[0].score) for n, r in zip(piece, results)
+                                           if not isinstance(r, CaptionError)}, replace=replace)
+                self.save(token, review)
             yield start + len(piece)
 
     # ---- finding a review again ------------------------------------------------------------

@@ -37,9 +37,11 @@ def _errors_shown(function):
         return generator
 
     @functools.wraps(function)
-    def plain(*args, **kwargs):
+    def plain(self, token, *args, **kwargs):
+        # One change at a time to a review: these events run outside the queue, side by side.
         try:
-            return function(*args, **kwargs)
+            with self.reviews.lock(getattr(self.reviews, "token", None) or token):
+                return function(self, token, *args, **kwargs)
         except CaptionError as error:
             raise gr.Error(str(error), print_exception=False) from None
     return plain
@@ -53,6 +55,7 @@ class ReviewTab:
              selected: str | None = None):
         """(table, summary, flag filter choices, image picker, status, the picked image's caption
         and picture) for one page of the current view; the picked image stays picked while shown."""
+        token = getattr(self.reviews, "token", None) or token  # a folder's review has one token
         review = self.reviews.get(token)
         rows = view_rows(review, SORTS.get(sort, sort), flag, search)
         first = _first_row(page, len(rows))
@@ -92,6 +95,13 @@ class ReviewTab:
 
     @_errors_shown
     def restore(self, token, sort, flag, search, page=1):
+        own = getattr(self.reviews, "token", None)  # a folder's review is there before any Load
+        if own:
+            review = self.reviews.get(own)
+            waiting = len(review.uncaptioned())
+            note = (f"{waiting} image{'s have' if waiting != 1 else ' has'} no caption yet: the button above "
+                    "captions them." if waiting else "Every image has a caption.")
+            return self.draw(own, sort, flag, search, page, note)
         if not token:
             return [], "No set loaded yet.", gr.update(), gr.update(choices=[], value=None), "", "", None
         try:
@@ -101,6 +111,7 @@ class ReviewTab:
 
     @_errors_shown
     def pick(self, token, name):
+        token = getattr(self.reviews, "token", None) or token
         if not token or not name:
             return "", None
         review = self.reviews.get(token)
@@ -256,11 +267,14 @@ def build_review_tab(demo: gr.Blocks, token: gr.BrowserState, reviews: ReviewSer
 
     view = [token, sort, flag, search, page]
     drawn = [grid, counts, flag, picker, status, caption, preview_image]
-    private = dict(api_visibility="private")
+    # What takes milliseconds runs outside the queue (its round trip was most of a sort's time);
+    # what uses the model or writes a whole set stays in it.
+    private = dict(api_visibility="private", queue=False)
+    queued = dict(api_visibility="private")
     demo.load(None, js=FOLDER_PATHS_JS)
     load_button.click(tab.load, [files, folder_files, folder_paths, sort, flag, search, *setting_inputs],
                       [token, *drawn], js=SEND_FOLDER_PATHS_JS, concurrency_limit=1, concurrency_id="sets",
-                      **private)
+                      **queued)
     for control in (sort, flag):
         control.input(tab.draw, view, drawn, **private)
     search.submit(tab.draw, view, drawn, **private)
@@ -275,6 +289,6 @@ def build_review_tab(demo: gr.Blocks, token: gr.BrowserState, reviews: ReviewSer
     preview.click(tab.preview, bulk_inputs, preview_text, **private)
     apply.click(tab.apply, bulk_inputs, [*drawn, preview_text], **private)
     recaption.click(tab.recaption, [*view, *setting_inputs], drawn, concurrency_limit=1, concurrency_id="sets",
-                    **private)
-    export.click(tab.export, [token, export_kind], [export_file, status], **private)
+                    **queued)
+    export.click(tab.export, [token, export_kind], [export_file, status], **queued)
     demo.load(tab.restore, view, drawn, **private)  # a reload finds the review as it was left
