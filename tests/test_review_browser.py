@@ -20,8 +20,12 @@ WAIT = 180_000
 
 
 def status_says(page, text, timeout=WAIT):
-    page.wait_for_function("t => (document.querySelector('#review-status') || {}).innerText?.includes(t)",
-                           arg=text, timeout=timeout)
+    try:
+        page.wait_for_function("t => (document.querySelector('#review-status') || {}).innerText?.includes(t)",
+                               arg=text, timeout=timeout)
+    except Exception:  # noqa: BLE001 - say what the page showed instead, then fail as before
+        print("the status said:", page.locator("#review-status").inner_text(timeout=5_000))
+        raise
 
 
 def upload(page, archive, given=False):

@@ -148,6 +148,43 @@ def test_a_kill_during_a_burst_of_edits_leaves_every_file_whole_and_every_acknow
     assert review.rows[before[0]].caption == before[1]
 
 
+BULK_BURST = """if True:
+    import sys
+    from pathlib import Path
+    from captioner.app.review_folder import FolderReviews
+    reviews = FolderReviews(None, Path(sys.argv[1]))
+    review = reviews.get(reviews.token)
+    for i in range(100000):
+        for name in review.rows:  # every caption at once, as a bulk edit changes them
+            review.edit(name, f"edit {i} of {name} " + "words " * 400)
+        reviews.save(reviews.token, review)
+        print(i, flush=True)  # acknowledged: every file on disk
+"""
+
+
+def test_a_kill_during_bulk_edits_leaves_every_file_whole_and_every_acknowledged_bulk_edit(tmp_path):
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(12):  # more files than one flush each: the one-sync path (write_all_atomically)
+        photo(i, (16, 16)).save(folder / f"p{i:02d}.png")
+    process = subprocess.Popen([sys.executable, "-c", BULK_BURST, str(folder)], stdout=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONPATH": SRC})
+    last = -1
+    for line in process.stdout:
+        last = int(line)
+        if last >= 40:
+            break
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert last >= 40
+    for i in range(12):
+        text = (folder / f"p{i:02d}.txt").read_text(encoding="utf-8")
+        assert text.endswith("words \n") and text.count("edit ") == 1, text[:80]
+        assert int(text.split()[1]) >= last
+    FolderReviews(None, folder)  # the next start clears what the kill left half-written
+    assert not [p for p in folder.iterdir() if p.name.endswith(".partial")]
+
+
 def test_bad_folders_are_one_line_and_exit_2(tiny_checkpoint, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("no photos")

@@ -9,6 +9,7 @@ or a score far below the rest of the set.
 
 from __future__ import annotations
 
+import functools
 import re
 import statistics
 from typing import Iterable, Sequence
@@ -86,7 +87,13 @@ def caption_flags(text: str | None, error: str | None = None) -> list[str]:
     """
     if error:
         return ["error"]
-    text = (text or "").strip()
+    return list(_own_flags(text or ""))
+
+
+@functools.lru_cache(maxsize=65536)
+def _own_flags(text: str) -> tuple[str, ...]:
+    """A caption's own flags; cached, since a set's flags are worked out again after every edit."""
+    text = text.strip()
     if not text:
         return ["empty"]
     flags = []
@@ -94,7 +101,7 @@ def caption_flags(text: str | None, error: str | None = None) -> list[str]:
         flags.append("short")
     if repeats(text):
         flags.append("repeated")
-    return flags
+    return tuple(flags)
 
 
 def same_caption_key(text: str) -> str:

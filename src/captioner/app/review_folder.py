@@ -36,6 +36,7 @@ class FolderReviews(ReviewService):
         self.sidecar = sidecar
         self.history = self.folder / HISTORY
         self.metadata = MetadataFile(self.folder) if metadata else None
+        self._remove_partials()
         found = read_folder(self.folder, None if metadata else sidecar)
         self.not_images = len(found.not_images)
         review = ReviewSet(found.rows)
@@ -89,6 +90,14 @@ class FolderReviews(ReviewService):
         steps = [s for s in restored.steps if all(n in known for n, _, _ in s.before + s.after)]
         if len(steps) == len(restored.steps):
             review.steps, review.position = steps, restored.position
+
+    def _remove_partials(self) -> None:
+        """What a kill left half-written (write_atomically's `.name.partial` files): never a caption,
+        since the file it was to replace is whole; it is removed so it does not clutter the folder."""
+        ours = (f"{self.sidecar}.partial", "metadata.jsonl.partial", f"{HISTORY}.partial")
+        for partial in self.folder.rglob(".*.partial"):
+            if partial.name.endswith(ours) and partial.is_file():
+                partial.unlink(missing_ok=True)
 
     def _check_writable(self) -> None:
         probe = self.folder / f"{OWN_FILES}-probe.partial"

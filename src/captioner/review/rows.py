@@ -10,7 +10,7 @@ exactly, and the state (rows and history) goes to JSON and back for a reload of 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 from ..quality import FLAGS, describe, same_caption_counts, set_flags
@@ -185,8 +185,12 @@ class ReviewSet:
     # ---- state for a reload ------------------------------------------------------------------
     def to_state(self) -> dict:
         """Rows and history as JSON-ready values (flags are derived, so not kept)."""
-        rows = [{k: v for k, v in asdict(r).items() if k != "flags"} for r in self.rows.values()]
-        return {"rows": rows, "steps": [asdict(s) for s in self.steps], "position": self.position}
+        # By hand, not dataclasses.asdict: its deep copies took most of a save's time on large sets.
+        rows = [{"name": r.name, "image": r.image, "caption": r.caption, "origin": r.origin, "score": r.score,
+                 "error": r.error} for r in self.rows.values()]
+        steps = [{"label": s.label, "before": [list(t) for t in s.before], "after": [list(t) for t in s.after]}
+                 for s in self.steps]
+        return {"rows": rows, "steps": steps, "position": self.position}
 
     @classmethod
     def from_state(cls, state: dict) -> ReviewSet:
