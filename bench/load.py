@@ -202,8 +202,6 @@ def free_loopback_port() -> int:
 
 def launch_app(app_args: list[str], log_path: Path | None = None, timeout_s: float = 600) -> tuple[subprocess.Popen, str]:
     """app.py in its own process on a free loopback port, offline; returns once it answers HTTP."""
-    import httpx
-
     port = free_loopback_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
     log = log_path.open("w") if log_path else subprocess.DEVNULL
@@ -212,15 +210,23 @@ def launch_app(app_args: list[str], log_path: Path | None = None, timeout_s: flo
     if log_path:
         log.close()  # the child keeps its own copy
     url = f"http://127.0.0.1:{port}/"
+    wait_until_serving(process, url, timeout_s, "the app did not start" + (f"; see {log_path}" if log_path else ""))
+    return process, url
+
+
+def wait_until_serving(process: subprocess.Popen, url: str, timeout_s: float, failure: str) -> None:
+    """Back once `url` answers 200; a process that ends or runs out of time is killed, and `failure` said."""
+    import httpx
+
     deadline = time.monotonic() + timeout_s
     while True:
         try:
             if httpx.get(url, timeout=2).status_code == 200:
-                return process, url
+                return
         except httpx.HTTPError:
             if process.poll() is not None or time.monotonic() > deadline:
                 process.kill()
-                raise SystemExit("the app did not start" + (f"; see {log_path}" if log_path else "")) from None
+                raise SystemExit(failure) from None
             time.sleep(0.2)
 
 

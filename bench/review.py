@@ -33,7 +33,7 @@ import numpy as np
 import psutil
 from PIL import Image
 
-from load import free_loopback_port
+from load import free_loopback_port, wait_until_serving
 from report import machine_name
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,24 +66,14 @@ def make_folder(folder: Path, count: int, image_mb: float) -> int:
 
 
 def start_review(folder: Path, checkpoint: Path, log: Path) -> tuple[subprocess.Popen, str]:
-    import httpx
-
     port = free_loopback_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
     with log.open("w") as out:
         process = subprocess.Popen([sys.executable, "-m", "captioner", "review", str(folder), "--model", str(checkpoint),
                                     "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 600
-    while True:
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise SystemExit(f"the review server did not start; see {log}") from None
-            time.sleep(0.3)
+    wait_until_serving(process, url, 600, f"the review server did not start; see {log}")
+    return process, url
 
 
 class Peak(threading.Thread):

@@ -72,7 +72,7 @@ def folder(tmp_path):
     (root / "nested" / "broken.jpg").write_bytes(b"not an image")
     (root / "empty.png").write_bytes(b"")
     (root / "cut.jpg").write_bytes(encode(photo(3), "JPEG")[:300])
-    (root / "notes.txt").write_text("not an image suffix: not listed")
+    (root / "notes.txt").write_text("not an image: counted in a run's summary, never a row")
     return root
 
 

@@ -33,7 +33,8 @@ def test_folder_rows_in_order_equal_captioner_and_model_card(captioner, tiny_che
     errors = {Path(r["path"]).name: r["error"] for r in rows if "error" in r}
     assert set(errors) == {"broken.jpg", "empty.png", "cut.jpg"}
     assert "empty" in errors["empty.png"] and "truncated" in errors["cut.jpg"]
-    assert "captioned 6, skipped 0 as already done, failed 3" in capsys.readouterr().err
+    assert "captioned 6, skipped 0 as already done, skipped 1 file that is not an image, failed 3" in (
+        capsys.readouterr().err)  # notes.txt: no image of its name, so not a caption file
 
 
 def test_existing_output_is_refused_and_left_untouched(tiny_checkpoint, folder, tmp_path, capsys):
@@ -193,3 +194,26 @@ def test_images_decode_ahead_of_the_model(captioner, folder, monkeypatch):
     batches = list(caption_batches(fake, items, CaptionSettings(), batch_size=2, ahead=1))
     assert fake.decoded_while_captioning.is_set() and time.perf_counter() - started < 5
     assert [r.texts[0] for batch in batches for r in batch] == expected_captions(captioner, paths)
+
+
+def test_a_folder_run_names_the_files_that_are_not_images(tiny_checkpoint, tmp_path, capsys):
+    folder = tmp_path / "phone export"
+    (folder / "trip").mkdir(parents=True)
+    photo(1, (24, 24)).save(folder / "a.jpg")
+    photo(2, (24, 24)).save(folder / "trip" / "b.png")
+    (folder / "a.txt").write_text("a caption file beside its photo: not left out")
+    (folder / "metadata.jsonl").write_text('{"file_name": "a.jpg", "text": "x"}\n')
+    (folder / "trip" / "clip.mov").write_bytes(b"\x00\x00\x00\x18ftypqt  ")
+    (folder / "notes.pdf").write_bytes(b"%PDF-1.4")
+    (folder / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    out = folder / "captions.jsonl"  # the run's own output, in the folder: not counted either
+    left_out = [str(folder / ".DS_Store"), str(folder / "notes.pdf"), str(folder / "trip" / "clip.mov")]
+    args = ["caption", "--model", str(tiny_checkpoint), "--output", str(out), str(folder)]
+    assert main([*args, "--verbose"]) == 0
+    err = capsys.readouterr().err
+    assert "captioned 2, skipped 0 as already done, skipped 3 files that are not images, failed 0" in err, err[-600:]
+    assert [line.removeprefix("not an image: ") for line in err.splitlines() if line.startswith("not an image")] \
+        == left_out
+    assert main([*args, "--resume", "--json"]) == 0  # and on resume, in the JSON summary
+    summary = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    assert summary["skipped"] == 2 and summary["not_images"] == left_out

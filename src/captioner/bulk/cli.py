@@ -57,6 +57,8 @@ def add_bulk_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--prefix", type=text, default="", help="joined before every caption exactly as given (e.g. a trigger word)")
     out.add_argument("--suffix", type=text, default="", help="joined after every caption exactly as given")
     out.add_argument("--json", action="store_true", help="print JSON lines (and the summary as JSON)")
+    out.add_argument("--verbose", action="store_true", help="name each file of the folders that is not an image "
+                                                           "(the summary counts them)")
     out.add_argument("--batch-size", type=integer(1, 256), default=BATCH, help=f"images per model call, 1 to 256 (default {BATCH})")
     ray = parser.add_argument_group("Ray Data (pip install -r requirements-ray.txt)")
     ray.add_argument("--ray", action="store_true", help="caption on Ray Data: a local Ray, or the cluster at --ray-address")
@@ -111,6 +113,7 @@ def run_caption(args: argparse.Namespace) -> int:
 
     settings = settings_from_arguments(args)
     limits = image_limits_from_arguments(args)
+    not_images: list[str] = []
     if args.dataset:
         from .parquet import ParquetSource
 
@@ -120,14 +123,16 @@ def run_caption(args: argparse.Namespace) -> int:
         total = source.num_rows
     else:
         source = None
-        items = file_items([*args.paths, *(read_path_list(args.from_list) if args.from_list else [])])
+        items = file_items([*args.paths, *(read_path_list(args.from_list) if args.from_list else [])], not_images)
         total = len(items)
+        if args.output:  # the run's own output, in the folder it captions
+            not_images[:] = [n for n in not_images if Path(n).absolute() != Path(args.output).absolute()]
     writers = make_writers(args, source)
     for writer in writers:
         if hasattr(writer, "check"):
             writer.check(items)
     mode = "resume" if args.resume else "overwrite" if args.overwrite else "new"
-    summary = Summary()
+    summary = Summary(not_images=not_images)
     # SIGTERM ends the run the way Ctrl-C does: finished batches are on disk either way.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
@@ -156,6 +161,9 @@ def run_caption(args: argparse.Namespace) -> int:
     for note in notes:
         print(note, file=sys.stderr)
     print(json.dumps(vars(summary)) if args.json else summary.line(), file=sys.stderr)
+    if args.verbose and not args.json:
+        for name in summary.not_images:
+            print(f"not an image: {name}", file=sys.stderr)
     return 1 if summary.failed else 0
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
+from ..caption_files import METADATA_NAMES
 from ..engine.inference import Caption, Captioner
 from ..errors import CaptionError
 from ..fetch import FetchPolicy, fetch_bytes, is_url
@@ -71,15 +72,26 @@ class Summary:
     # Loading the model: before `seconds` in one process; on Ray, the actors load theirs once the
     # run has begun, inside `seconds` (the quickest actor's load: no captioning before it).
     model_load_seconds: float = 0.0
+    # Files in the folders given that are not images (by suffix), never passed over in silence:
+    # counted in the line, named in the JSON summary and with --verbose.
+    not_images: list[str] = field(default_factory=list)
 
     def line(self) -> str:
         rate = self.captioned / self.seconds if self.seconds > 0 else 0.0
-        return (f"captioned {self.captioned}, skipped {self.skipped} as already done, failed {self.failed}, "
+        left_out = len(self.not_images)
+        others = ("" if not left_out else ", skipped 1 file that is not an image" if left_out == 1
+                  else f", skipped {left_out} files that are not images")
+        return (f"captioned {self.captioned}, skipped {self.skipped} as already done{others}, failed {self.failed}, "
                 f"in {self.seconds:.1f} s ({rate:.2f} images/s)")
 
 
-def find_images(paths: Sequence[str | os.PathLike]) -> list[Path]:
-    """Files and image links as given; folders searched recursively for image suffixes, sorted."""
+CAPTION_SUFFIXES = (".txt", ".caption", ".json")  # a caption file beside its image: not "left out"
+
+
+def find_images(paths: Sequence[str | os.PathLike], not_images: list[str] | None = None) -> list[Path]:
+    """Files and image links as given; folders searched recursively for image suffixes, sorted.
+    The other files of those folders go to `not_images`, except what belongs to the images: a
+    caption file beside one (photo.txt), an imagefolder metadata file, a file being written."""
     found: list = []
     for raw in paths:
         if is_url(raw):
@@ -87,10 +99,21 @@ def find_images(paths: Sequence[str | os.PathLike]) -> list[Path]:
             continue
         path = Path(raw)
         if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+            files = sorted(p for p in path.rglob("*") if p.is_file())
+            images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+            found.extend(images)
+            if not_images is not None:
+                stems = {p.with_suffix("") for p in images}
+                not_images.extend(str(p) for p in files if p.suffix.lower() not in IMAGE_SUFFIXES
+                                  and not _belongs_to_images(p, stems))
         else:
             found.append(path)
     return found
+
+
+def _belongs_to_images(path: Path, image_stems: set[Path]) -> bool:
+    return (path.name in METADATA_NAMES or path.name.endswith(".partial")
+            or (path.suffix.lower() in CAPTION_SUFFIXES and path.with_suffix("") in image_stems))
 
 
 def read_path_list(list_file: str | os.PathLike) -> list[str]:
@@ -106,9 +129,9 @@ def read_path_list(list_file: str | os.PathLike) -> list[str]:
     return [line for line in lines if line and not line.startswith("#")]
 
 
-def file_items(paths: Sequence[str | os.PathLike]) -> list[Item]:
+def file_items(paths: Sequence[str | os.PathLike], not_images: list[str] | None = None) -> list[Item]:
     """Items for image files, links and folders, each file with its path below the folder they all share."""
-    images = find_images(paths)
+    images = find_images(paths, not_images)
     if not images:
         raise SourceError("no images found in the given paths")
     local = [p.absolute() for p in images if not is_url(p)]
