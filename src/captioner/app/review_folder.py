@@ -56,10 +56,9 @@ class FolderReviews(ReviewService):
         """Each caption that changed, to its file; then the history. An image's caption file is
         removed only when its caption went back to none (an undo of a first caption)."""
         changed = {n: r for n, r in review.rows.items() if self._written.get(n) != r.caption}
-        if self.metadata is not None and changed:
+        if changed and self.metadata is not None:
             self.metadata.write({n: r.caption for n, r in changed.items()})
-            self._written.update((n, r.caption) for n, r in changed.items())
-        if self.metadata is None and changed:
+        elif changed:
             files = {Path(row.image).with_suffix(self.sidecar): (row.caption.encode("utf-8", "surrogateescape") + b"\n"
                                                                  if row.caption or row.origin else None)
                      for row in changed.values()}
@@ -69,8 +68,8 @@ class FolderReviews(ReviewService):
                 target = error.filename or next(iter(files))
                 raise ReviewError(f"cannot write {target}: {error.strerror or error}; each caption file is whole, "
                                   "and the ones not yet written are as they were") from None
-            self._written.update((n, r.caption) for n, r in changed.items())
-        state = {"steps": review.to_state()["steps"], "position": review.position}
+        self._written.update((n, r.caption) for n, r in changed.items())
+        state = review.history_state()  # the captions are the files'; only the undo history goes here
         write_atomically(self.history, json.dumps(state, ensure_ascii=False).encode("utf-8", "surrogateescape"))
 
     def _restore_history(self, review: ReviewSet) -> None:

@@ -188,9 +188,13 @@ class ReviewSet:
         # By hand, not dataclasses.asdict: its deep copies took most of a save's time on large sets.
         rows = [{"name": r.name, "image": r.image, "caption": r.caption, "origin": r.origin, "score": r.score,
                  "error": r.error} for r in self.rows.values()]
+        return {"rows": rows, **self.history_state()}
+
+    def history_state(self) -> dict:
+        """The undo history alone, as to_state writes it (a folder's review keeps its rows in files)."""
         steps = [{"label": s.label, "before": [list(t) for t in s.before], "after": [list(t) for t in s.after]}
                  for s in self.steps]
-        return {"rows": rows, "steps": steps, "position": self.position}
+        return {"steps": steps, "position": self.position}
 
     @classmethod
     def from_state(cls, state: dict) -> ReviewSet:
